@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests on SQLite and PostgreSQL.
+# PostgreSQL: TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test); set
+# TEST_DATABASE_URL= (empty) to skip that suite knowingly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export TEST_DATABASE_URL="${TEST_DATABASE_URL-postgres://postgres@127.0.0.1:5432/test}"
+if [ -n "$TEST_DATABASE_URL" ]; then
+  if ! python3 - "$TEST_DATABASE_URL" <<'PY'
+import socket, sys, urllib.parse
+u = urllib.parse.urlparse(sys.argv[1])
+socket.create_connection((u.hostname or "127.0.0.1", u.port or 5432), timeout=5).close()
+PY
+  then
+    echo "test.sh: PostgreSQL at $TEST_DATABASE_URL is unreachable; start it or set TEST_DATABASE_URL= to skip" >&2
+    exit 1
+  fi
+fi
+
+cargo test --locked --all-targets "$@"

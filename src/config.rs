@@ -1,0 +1,227 @@
+//! Configuration: a TOML file (`--config FILE` or `PASSERELLE_CONFIG`) with environment
+//! variables on top. Nested keys map to variables with a double underscore
+//! (`[psc] issuer` ↔ `PASSERELLE_PSC__ISSUER`); the three contract variables
+//! `PASSERELLE_LISTEN`, `DATABASE_URL` and `PASSERELLE_BASE_URL` are read as well.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Socket address the HTTP server binds to.
+    pub listen: String,
+    /// `sqlite://FILE` (created on first start) or `postgres://…`.
+    pub database_url: String,
+    /// Public base of the server, without `/fhir`; used in `Location`, `fullUrl` and links.
+    pub base_url: Option<String>,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+    /// Default and largest `_count` of a search page.
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+    /// Connections kept to the database (readers, for SQLite).
+    pub db_pool_size: u32,
+    /// SQLite `synchronous=FULL` (true, every answered write is on disk) or `NORMAL`.
+    pub sqlite_durable: bool,
+    /// Log lines as JSON objects instead of text.
+    pub log_json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "sqlite://passerelle.db".into(),
+            base_url: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            default_page_size: 20,
+            max_page_size: 1000,
+            db_pool_size: 8,
+            sqlite_durable: true,
+            log_json: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the file (if any) then applies the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_with_env(file, &env)
+    }
+
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            let key = match name.as_str() {
+                "DATABASE_URL" => "database_url".to_owned(),
+                "PASSERELLE_CONFIG" => continue,
+                n => match n.strip_prefix("PASSERELLE_") {
+                    Some(rest) => rest.to_ascii_lowercase(),
+                    None => continue,
+                },
+            };
+            set_path(&mut table, &key, value);
+        }
+        let source = file.map_or("<environment>".to_owned(), |p| p.display().to_string());
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: source,
+                    message: e.to_string(),
+                })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "database_url".into(),
+                message: "must start with sqlite: or postgres://".into(),
+            });
+        }
+        if let Some(base) = &self.base_url
+            && !(base.starts_with("http://") || base.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "base_url".into(),
+                message: format!("`{base}` is not an http(s) URL"),
+            });
+        }
+        if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
+            return Err(ConfigError::Invalid {
+                key: "default_page_size".into(),
+                message: "must be between 1 and max_page_size".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen.parse().map_err(|_| ConfigError::Invalid {
+            key: "listen".into(),
+            message: format!("`{}` is not a socket address (host:port)", self.listen),
+        })
+    }
+}
+
+/// Puts an environment value at a `a__b` path, typed like the TOML literal it spells
+/// (numbers and booleans), a string otherwise.
+fn set_path(table: &mut toml::Table, key: &str, raw: &str) {
+    let mut parts = key.split("__").peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            let value = raw
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
+                .unwrap_or_else(|_| toml::Value::String(raw.to_owned()));
+            current.insert(part.to_owned(), value);
+            return;
+        }
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(t) => current = t,
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_then_environment() {
+        let c = Config::load_with_env(None, &[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://passerelle.db");
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("PASSERELLE_LISTEN", "0.0.0.0:9000"),
+                ("DATABASE_URL", "postgres://x@y/z"),
+                ("PASSERELLE_MAX_PAGE_SIZE", "50"),
+                ("PASSERELLE_BASE_URL", "https://gw.example.fr"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.database_url, "postgres://x@y/z");
+        assert_eq!(c.max_page_size, 50);
+        assert_eq!(c.base_url.as_deref(), Some("https://gw.example.fr"));
+    }
+
+    #[test]
+    fn file_errors_name_the_file_and_key() {
+        let dir = std::env::temp_dir().join(format!("passerelle-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("bad.toml");
+        std::fs::write(&f, "listen = 12\n").unwrap();
+        let e = Config::load_with_env(Some(&f), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.toml") && e.contains("listen"), "{e}");
+        std::fs::write(&f, "lisen = \"x\"\n").unwrap();
+        let e = Config::load_with_env(Some(&f), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::load_with_env(None, &env(&[("DATABASE_URL", "mysql://x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_url"), "{e}");
+    }
+}

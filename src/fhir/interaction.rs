@@ -1,0 +1,829 @@
+//! The FHIR interactions, independent of HTTP: a [`Req`] (route, query, preconditions,
+//! parsed body) in, a [`Resp`] out. The REST edge builds `Req`s from HTTP requests and
+//! batch/transaction Bundles build them from entries, so every entry behaves exactly like
+//! the same request sent alone.
+//!
+//! Reads run on a [`Conn`]; writes run inside a store job on a [`Tx`] (one job per request,
+//! or one for a whole transaction Bundle).
+
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode};
+use serde_json::Value;
+
+use super::error::{Error, Issue, Result};
+use super::json;
+use super::model::Model;
+use super::patch;
+use super::search::{self, Paging, Search, registry::Registry};
+use super::validate::validate_resource;
+use crate::store::{Conn, IndexRow, NewVersion, Store, Stored, Tx};
+use crate::time::{Micros, format_instant};
+
+/// Everything the FHIR server needs, built once at start.
+pub struct Fhir {
+    pub model: &'static Model,
+    pub registry: Registry,
+    /// The CapabilityStatement served at `/metadata`.
+    pub capability: Value,
+    pub store: Store,
+    /// Public base of the FHIR API, e.g. `https://gw.example.fr/fhir` (no trailing slash).
+    pub base: String,
+    pub paging: Paging,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Metadata,
+    /// The base itself: `POST` of a batch or transaction Bundle.
+    Root,
+    SystemHistory,
+    Type(String),
+    TypeSearch(String),
+    TypeHistory(String),
+    Instance(String, String),
+    InstanceHistory(String, String),
+    Version(String, String, i64),
+    /// `$name` on the system, a type or an instance.
+    Operation {
+        rtype: Option<String>,
+        id: Option<String>,
+        name: String,
+    },
+}
+
+/// Reads a path relative to the FHIR base (`Task/1/_history/2`, `Task?x` without the query).
+pub fn route(path: &str) -> Result<Route> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let not_found =
+        || Error::NotFound(format!("no FHIR endpoint at `/{}`", path.trim_matches('/')));
+    let op = |s: &str| s.strip_prefix('$').map(str::to_owned);
+    let id = |s: &str| -> Result<String> {
+        if super::reference::is_id(s) {
+            Ok(s.to_owned())
+        } else {
+            Err(Error::invalid(
+                "invalid",
+                format!("`{s}` is not a valid resource id"),
+            ))
+        }
+    };
+    let rtype = |s: &str| -> Result<String> {
+        if s.starts_with(|c: char| c.is_ascii_uppercase())
+            && s.bytes().all(|b| b.is_ascii_alphabetic())
+        {
+            Ok(s.to_owned())
+        } else {
+            Err(not_found())
+        }
+    };
+    Ok(match parts.as_slice() {
+        [""] => Route::Root,
+        ["metadata"] => Route::Metadata,
+        ["_history"] => Route::SystemHistory,
+        [o] if o.starts_with('$') => Route::Operation {
+            rtype: None,
+            id: None,
+            name: op(o).unwrap_or_default(),
+        },
+        [t] => Route::Type(rtype(t)?),
+        [t, "_search"] => Route::TypeSearch(rtype(t)?),
+        [t, "_history"] => Route::TypeHistory(rtype(t)?),
+        [t, o] if o.starts_with('$') => Route::Operation {
+            rtype: Some(rtype(t)?),
+            id: None,
+            name: op(o).unwrap_or_default(),
+        },
+        [t, i] => Route::Instance(rtype(t)?, id(i)?),
+        [t, i, "_history"] => Route::InstanceHistory(rtype(t)?, id(i)?),
+        [t, i, o] if o.starts_with('$') => Route::Operation {
+            rtype: Some(rtype(t)?),
+            id: Some(id(i)?),
+            name: op(o).unwrap_or_default(),
+        },
+        [t, i, "_history", v] => Route::Version(
+            rtype(t)?,
+            id(i)?,
+            v.parse()
+                .map_err(|_| Error::NotFound(format!("version `{v}` of {t}/{i}")))?,
+        ),
+        _ => return Err(not_found()),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchFormat {
+    Json,
+    FhirPath,
+}
+
+/// A FHIR request, from HTTP or from a Bundle entry.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: Method,
+    pub route: Route,
+    pub query: Vec<(String, String)>,
+    pub body: Option<Value>,
+    pub patch_format: Option<PatchFormat>,
+    /// `If-Match: W/"n"`.
+    pub if_match: Option<i64>,
+    pub if_none_match: Option<String>,
+    pub if_modified_since: Option<Micros>,
+    /// `If-None-Exist` (conditional create), as a query string.
+    pub if_none_exist: Option<String>,
+    /// `Prefer: handling=strict`.
+    pub strict: bool,
+}
+
+impl Req {
+    pub fn new(method: Method, route: Route) -> Req {
+        Req {
+            method,
+            route,
+            query: Vec::new(),
+            body: None,
+            patch_format: None,
+            if_match: None,
+            if_none_match: None,
+            if_modified_since: None,
+            if_none_exist: None,
+            strict: false,
+        }
+    }
+
+    /// Writes go through a store job; everything else reads.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            (&self.method, &self.route),
+            (&Method::POST, Route::Type(_))
+                | (
+                    &Method::PUT | &Method::PATCH | &Method::DELETE,
+                    Route::Type(_) | Route::Instance(..)
+                )
+        )
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Body {
+    None,
+    /// A stored resource's JSON text, served as is.
+    Raw(String),
+    Json(Value),
+}
+
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub body: Body,
+    /// The body is the resource itself (so `_summary`, `_elements` and `Prefer` apply).
+    pub is_resource: bool,
+    pub version: Option<i64>,
+    pub last_modified: Option<Micros>,
+    pub location: Option<String>,
+    /// Informational issues (`Prefer: return=OperationOutcome`, search warnings).
+    pub issues: Vec<Issue>,
+}
+
+impl Resp {
+    pub fn json(status: StatusCode, body: Value) -> Resp {
+        Resp {
+            status,
+            body: Body::Json(body),
+            is_resource: false,
+            version: None,
+            last_modified: None,
+            location: None,
+            issues: Vec::new(),
+        }
+    }
+
+    fn stored(fhir: &Fhir, status: StatusCode, s: &Stored) -> Resp {
+        Resp {
+            status,
+            body: s.body.clone().map_or(Body::None, Body::Raw),
+            is_resource: s.body.is_some(),
+            version: Some(s.version),
+            last_modified: Some(s.last_updated),
+            location: Some(format!(
+                "{}/{}/{}/_history/{}",
+                fhir.base, s.rtype, s.id, s.version
+            )),
+            issues: Vec::new(),
+        }
+    }
+}
+
+impl Fhir {
+    pub fn check_type(&self, rtype: &str, interaction: &str) -> Result<()> {
+        if !self.registry.is_served(rtype) {
+            return Err(Error::NotFound(format!(
+                "resource type `{rtype}` is not served by this server"
+            )));
+        }
+        if !self.registry.allows(rtype, interaction) {
+            return Err(Error::MethodNotAllowed(format!(
+                "{interaction} is not allowed on {rtype}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn search_context(&self, now: Micros) -> search::Context<'_> {
+        search::Context {
+            registry: &self.registry,
+            base: &self.base,
+            now,
+        }
+    }
+
+    pub fn parse_search(
+        &self,
+        rtype: &str,
+        params: &[(String, String)],
+        strict: bool,
+    ) -> Result<Search> {
+        let now = self.store.clock().now();
+        search::parse(
+            &self.search_context(now),
+            rtype,
+            params,
+            strict,
+            &self.paging,
+        )
+    }
+
+    /// Checks a resource body for `rtype`: structure, then the resource type.
+    pub fn check_body(&self, rtype: &str, body: &Value) -> Result<()> {
+        match json::resource_type(body) {
+            Some(t) if t == rtype => {}
+            Some(t) => {
+                return Err(Error::invalid_at(
+                    "invalid",
+                    format!("resourceType `{t}` does not match the URL's `{rtype}`"),
+                    "resourceType",
+                ));
+            }
+            None => {
+                return Err(Error::invalid_at(
+                    "required",
+                    "missing resourceType",
+                    "resourceType",
+                ));
+            }
+        }
+        let issues = validate_resource(self.model, body);
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid(issues))
+        }
+    }
+
+    pub fn index(&self, rtype: &str, body: &Value) -> Vec<IndexRow> {
+        search::extract::index_rows(self.model, &self.registry, rtype, body)
+    }
+}
+
+fn parse_query_string(q: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.trim_start_matches('?').as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The resources a conditional operation's criteria match (strict: no parameter ignored).
+async fn conditional_matches(
+    fhir: &Fhir,
+    conn: &mut Conn<'_>,
+    rtype: &str,
+    criteria: &[(String, String)],
+) -> Result<Vec<Stored>> {
+    if criteria.is_empty() {
+        return Err(Error::invalid(
+            "invalid",
+            "a conditional operation needs search criteria",
+        ));
+    }
+    let mut s = fhir.parse_search(rtype, criteria, true)?;
+    s.query.limit = 2;
+    s.query.offset = 0;
+    Ok(conn.search(&s.query).await?)
+}
+
+/// Runs a write interaction inside the job's transaction.
+pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
+    match (&req.method, &req.route) {
+        (&Method::POST, Route::Type(t)) => create(fhir, tx, t, req).await,
+        (&Method::PUT, Route::Instance(t, id)) => {
+            fhir.check_type(t, "update")?;
+            update(fhir, tx, t, id, req.body.clone(), req.if_match, "PUT").await
+        }
+        (&Method::PUT, Route::Type(t)) => {
+            fhir.check_type(t, "update")?;
+            let found = {
+                tx.lock_type(t).await?;
+                conditional_matches(fhir, tx.conn(), t, &req.query).await?
+            };
+            let body_id = req
+                .body
+                .as_ref()
+                .and_then(|b| b.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let id = match found.as_slice() {
+                [] => body_id.clone().unwrap_or_else(new_id),
+                [one] => one.id.clone(),
+                _ => {
+                    return Err(Error::PreconditionFailed(format!(
+                        "conditional update: the criteria match more than one {t}"
+                    )));
+                }
+            };
+            // The body may leave the id out: it is the match's (or a new one).
+            let mut body = req.body.clone();
+            if body_id.is_none()
+                && let Some(b) = body.as_mut().and_then(Value::as_object_mut)
+            {
+                b.insert("id".into(), Value::String(id.clone()));
+            }
+            update(fhir, tx, t, &id, body, req.if_match, "PUT").await
+        }
+        (&Method::PATCH, Route::Instance(t, id)) => {
+            fhir.check_type(t, "patch")?;
+            patch_one(fhir, tx, t, id, req).await
+        }
+        (&Method::PATCH, Route::Type(t)) => {
+            fhir.check_type(t, "patch")?;
+            let found = conditional_matches(fhir, tx.conn(), t, &req.query).await?;
+            match found.as_slice() {
+                [] => Err(Error::NotFound(format!(
+                    "conditional patch: no {t} matches"
+                ))),
+                [one] => {
+                    let id = one.id.clone();
+                    patch_one(fhir, tx, t, &id, req).await
+                }
+                _ => Err(Error::PreconditionFailed(format!(
+                    "conditional patch: the criteria match more than one {t}"
+                ))),
+            }
+        }
+        (&Method::DELETE, Route::Instance(t, id)) => {
+            fhir.check_type(t, "delete")?;
+            delete(fhir, tx, t, id, req.if_match).await
+        }
+        (&Method::DELETE, Route::Type(t)) => {
+            fhir.check_type(t, "delete")?;
+            let found = conditional_matches(fhir, tx.conn(), t, &req.query).await?;
+            match found.as_slice() {
+                [] => Ok(deleted_outcome(format!("no {t} matched: nothing deleted"))),
+                [one] => {
+                    let id = one.id.clone();
+                    delete(fhir, tx, t, &id, None).await
+                }
+                _ => Err(Error::PreconditionFailed(format!(
+                    "conditional delete: the criteria match more than one {t}"
+                ))),
+            }
+        }
+        _ => Err(Error::MethodNotAllowed(format!(
+            "{} on this path",
+            req.method
+        ))),
+    }
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn create(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, req: &Req) -> Result<Resp> {
+    fhir.check_type(rtype, "create")?;
+    let body = req
+        .body
+        .clone()
+        .ok_or_else(|| Error::invalid("required", "create needs a resource in the body"))?;
+    fhir.check_body(rtype, &body)?;
+    if let Some(criteria) = &req.if_none_exist {
+        tx.lock_type(rtype).await?;
+        let found =
+            conditional_matches(fhir, tx.conn(), rtype, &parse_query_string(criteria)).await?;
+        match found.as_slice() {
+            [] => {}
+            [one] => return Ok(Resp::stored(fhir, StatusCode::OK, one)),
+            _ => {
+                return Err(Error::PreconditionFailed(format!(
+                    "If-None-Exist `{criteria}` matches more than one {rtype}"
+                )));
+            }
+        }
+    }
+    let id = new_id();
+    let index = fhir.index(rtype, &body);
+    let stored = keep(tx, rtype, &id, None, body, &index, "POST").await?;
+    Ok(Resp::stored(fhir, StatusCode::CREATED, &stored))
+}
+
+/// Stamps and keeps a new version.
+async fn keep(
+    tx: &mut Tx<'_>,
+    rtype: &str,
+    id: &str,
+    previous: Option<&Stored>,
+    mut body: Value,
+    index: &[IndexRow],
+    method: &str,
+) -> Result<Stored> {
+    let version = previous.map_or(1, |p| p.version + 1);
+    json::stamp(&mut body, id, version, &format_instant(tx.now()));
+    let text = serde_json::to_string(&body)
+        .map_err(|e| Error::invalid("invalid", format!("cannot serialise: {e}")))?;
+    Ok(tx
+        .put(NewVersion {
+            rtype,
+            id,
+            previous,
+            version,
+            method,
+            body: Some(&text),
+            index,
+        })
+        .await?)
+}
+
+pub async fn update(
+    fhir: &Fhir,
+    tx: &mut Tx<'_>,
+    rtype: &str,
+    id: &str,
+    body: Option<Value>,
+    if_match: Option<i64>,
+    method: &str,
+) -> Result<Resp> {
+    let body =
+        body.ok_or_else(|| Error::invalid("required", "update needs a resource in the body"))?;
+    fhir.check_body(rtype, &body)?;
+    match body.get("id") {
+        Some(Value::String(b)) if b == id => {}
+        Some(Value::String(b)) => {
+            return Err(Error::invalid_at(
+                "invalid",
+                format!("the body's id `{b}` does not match the URL's `{id}`"),
+                format!("{rtype}.id"),
+            ));
+        }
+        _ => {
+            return Err(Error::invalid_at(
+                "required",
+                "an update must carry the resource id in the body",
+                format!("{rtype}.id"),
+            ));
+        }
+    }
+    if !super::reference::is_id(id) {
+        return Err(Error::invalid(
+            "invalid",
+            format!("`{id}` is not a valid id"),
+        ));
+    }
+    let current = tx.current(rtype, id).await?;
+    if let Some(expected) = if_match {
+        let live = current.as_ref().filter(|c| !c.deleted).map(|c| c.version);
+        if live != Some(expected) {
+            return Err(Error::PreconditionFailed(format!(
+                "If-Match W/\"{expected}\" but {rtype}/{id} is at {}",
+                live.map_or("no version".into(), |v| format!("W/\"{v}\""))
+            )));
+        }
+    }
+    let live = current.as_ref().filter(|c| !c.deleted);
+    if let Some(cur) = live
+        && let Some(text) = &cur.body
+        && let Ok(old) = serde_json::from_str::<Value>(text)
+        && json::without_version(&old) == json::without_version(&body)
+    {
+        // Nothing changed: no new version (as HAPI does).
+        return Ok(Resp::stored(fhir, StatusCode::OK, cur));
+    }
+    let status = if live.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let index = fhir.index(rtype, &body);
+    let stored = keep(tx, rtype, id, current.as_ref(), body, &index, method).await?;
+    Ok(Resp::stored(fhir, status, &stored))
+}
+
+async fn patch_one(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, id: &str, req: &Req) -> Result<Resp> {
+    let patch_doc = req
+        .body
+        .as_ref()
+        .ok_or_else(|| Error::invalid("required", "patch needs a body"))?;
+    let current = tx.current(rtype, id).await?;
+    let cur = match &current {
+        None => return Err(Error::NotFound(format!("{rtype}/{id} not found"))),
+        Some(c) if c.deleted => return Err(Error::Gone(format!("{rtype}/{id} was deleted"))),
+        Some(c) => c,
+    };
+    if let Some(expected) = req.if_match
+        && expected != cur.version
+    {
+        return Err(Error::PreconditionFailed(format!(
+            "If-Match W/\"{expected}\" but {rtype}/{id} is at W/\"{}\"",
+            cur.version
+        )));
+    }
+    let mut doc: Value = serde_json::from_str(cur.body.as_deref().unwrap_or("{}"))
+        .map_err(|e| Error::invalid("exception", format!("stored resource unreadable: {e}")))?;
+    let applied = match req.patch_format.unwrap_or(PatchFormat::Json) {
+        PatchFormat::Json => patch::json_patch(&mut doc, patch_doc),
+        PatchFormat::FhirPath => patch::fhirpath_patch(fhir.model, &mut doc, patch_doc),
+    };
+    if let Err(e) = applied {
+        let issue = Issue::error(
+            if e.is_malformed() {
+                "invalid"
+            } else {
+                "processing"
+            },
+            e.to_string(),
+        );
+        return Err(if e.is_malformed() {
+            Error::Invalid(vec![issue])
+        } else {
+            Error::Unprocessable(vec![issue])
+        });
+    }
+    if doc.get("id").and_then(Value::as_str) != Some(id) || json::resource_type(&doc) != Some(rtype)
+    {
+        return Err(Error::unprocessable(
+            "processing",
+            "a patch may not change the resource type or id",
+        ));
+    }
+    let issues = validate_resource(fhir.model, &doc);
+    if !issues.is_empty() {
+        return Err(Error::Unprocessable(issues));
+    }
+    update(fhir, tx, rtype, id, Some(doc), Some(cur.version), "PATCH").await
+}
+
+fn deleted_outcome(msg: String) -> Resp {
+    Resp::json(
+        StatusCode::OK,
+        super::error::outcome(&[Issue {
+            severity: super::error::Severity::Information,
+            code: "informational",
+            diagnostics: msg,
+            expression: None,
+        }]),
+    )
+}
+
+async fn delete(
+    fhir: &Fhir,
+    tx: &mut Tx<'_>,
+    rtype: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Resp> {
+    let current = tx.current(rtype, id).await?;
+    let live = current.as_ref().filter(|c| !c.deleted);
+    if let Some(expected) = if_match
+        && live.map(|c| c.version) != Some(expected)
+    {
+        return Err(Error::PreconditionFailed(format!(
+            "If-Match W/\"{expected}\" does not match {rtype}/{id}"
+        )));
+    }
+    let Some(cur) = live else {
+        return Ok(deleted_outcome(format!(
+            "{rtype}/{id} does not exist: nothing deleted"
+        )));
+    };
+    let stored = tx
+        .put(NewVersion {
+            rtype,
+            id,
+            previous: Some(cur),
+            version: cur.version + 1,
+            method: "DELETE",
+            body: None,
+            index: &[],
+        })
+        .await?;
+    let mut resp = deleted_outcome(format!("deleted {rtype}/{id}"));
+    resp.version = Some(stored.version);
+    let _ = fhir;
+    Ok(resp)
+}
+
+/// Read interactions: read, vread, search, history, metadata, `$validate`.
+pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
+    match (&req.method, &req.route) {
+        (&Method::GET, Route::Metadata) => Ok(Resp::json(StatusCode::OK, fhir.capability.clone())),
+        (&Method::GET, Route::Instance(t, id)) => {
+            fhir.check_type(t, "read")?;
+            let cur = conn.current(t, id, false).await?;
+            match cur {
+                None => Err(Error::NotFound(format!("{t}/{id} not found"))),
+                Some(c) if c.deleted => Err(Error::Gone(format!("{t}/{id} was deleted"))),
+                Some(c) => {
+                    if not_modified(req, &c) {
+                        let mut r = Resp::stored(fhir, StatusCode::NOT_MODIFIED, &c);
+                        r.body = Body::None;
+                        r.location = None;
+                        return Ok(r);
+                    }
+                    let mut r = Resp::stored(fhir, StatusCode::OK, &c);
+                    r.location = None;
+                    Ok(r)
+                }
+            }
+        }
+        (&Method::GET, Route::Version(t, id, v)) => {
+            fhir.check_type(t, "vread")?;
+            match conn.version(t, id, *v).await? {
+                None => Err(Error::NotFound(format!("{t}/{id}/_history/{v} not found"))),
+                Some(c) if c.deleted => {
+                    Err(Error::Gone(format!("{t}/{id}/_history/{v} is a deletion")))
+                }
+                Some(c) => {
+                    let mut r = Resp::stored(fhir, StatusCode::OK, &c);
+                    r.location = None;
+                    Ok(r)
+                }
+            }
+        }
+        (&Method::GET, Route::Type(t)) | (&Method::POST, Route::TypeSearch(t)) => {
+            fhir.check_type(t, "search-type")?;
+            let s = fhir.parse_search(t, &req.query, req.strict)?;
+            super::bundle::search(fhir, conn, t, s).await
+        }
+        (&Method::GET, Route::InstanceHistory(t, id)) => {
+            fhir.check_type(t, "history-instance")?;
+            if conn.current(t, id, false).await?.is_none() {
+                return Err(Error::NotFound(format!("{t}/{id} not found")));
+            }
+            super::bundle::history(fhir, conn, Some(t), Some(id), &req.query).await
+        }
+        (&Method::GET, Route::TypeHistory(t)) => {
+            fhir.check_type(t, "history-type")?;
+            super::bundle::history(fhir, conn, Some(t), None, &req.query).await
+        }
+        (&Method::GET, Route::SystemHistory) => {
+            super::bundle::history(fhir, conn, None, None, &req.query).await
+        }
+        (&Method::POST, Route::Operation { rtype, id, name }) if name == "validate" => {
+            validate_operation(fhir, conn, rtype.as_deref(), id.as_deref(), req).await
+        }
+        (_, Route::Operation { name, .. }) => Err(Error::NotFound(format!(
+            "operation ${name} is not supported here"
+        ))),
+        _ => Err(Error::MethodNotAllowed(format!(
+            "{} on this path",
+            req.method
+        ))),
+    }
+}
+
+fn not_modified(req: &Req, c: &Stored) -> bool {
+    if let Some(tags) = &req.if_none_match {
+        return tags.split(',').any(|t| {
+            let t = t.trim();
+            t == "*" || t.trim_start_matches("W/").trim_matches('"') == c.version.to_string()
+        });
+    }
+    if let Some(since) = req.if_modified_since {
+        // HTTP dates have second precision.
+        return c.last_updated / 1_000_000 <= since / 1_000_000;
+    }
+    false
+}
+
+async fn validate_operation(
+    fhir: &Fhir,
+    conn: &mut Conn<'_>,
+    rtype: Option<&str>,
+    id: Option<&str>,
+    req: &Req,
+) -> Result<Resp> {
+    let body = req
+        .body
+        .as_ref()
+        .ok_or_else(|| Error::invalid("required", "$validate needs a resource or Parameters"))?;
+    // Parameters with a `resource` part, or the resource itself.
+    let resource = if json::resource_type(body) == Some("Parameters") && rtype != Some("Parameters")
+    {
+        body["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "resource")
+            .and_then(|p| p.get("resource"))
+            .ok_or_else(|| {
+                Error::invalid("required", "Parameters without a `resource` parameter")
+            })?
+    } else {
+        body
+    };
+    let rt = json::resource_type(resource).unwrap_or_default();
+    if let Some(t) = rtype {
+        fhir.check_type(t, "read")?;
+        if t != rt {
+            return Err(Error::invalid(
+                "invalid",
+                format!("resourceType `{rt}` does not match `{t}`"),
+            ));
+        }
+    }
+    let mut issues = validate_resource(fhir.model, resource);
+    if let (Some(t), Some(id)) = (rtype, id) {
+        if conn.current(t, id, false).await?.is_none() {
+            return Err(Error::NotFound(format!("{t}/{id} not found")));
+        }
+        if resource.get("id").and_then(Value::as_str) != Some(id) {
+            issues.push(
+                Issue::error("invalid", format!("the resource id is not `{id}`"))
+                    .at(format!("{t}.id")),
+            );
+        }
+    }
+    if issues.is_empty() {
+        issues.push(Issue {
+            severity: super::error::Severity::Information,
+            code: "informational",
+            diagnostics: "validation passed".into(),
+            expression: None,
+        });
+    }
+    Ok(Resp::json(StatusCode::OK, super::error::outcome(&issues)))
+}
+
+/// Runs one request: reads on a pooled connection, writes as one store job.
+pub async fn run(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
+    if matches!((&req.method, &req.route), (&Method::POST, Route::Root)) {
+        return super::bundle::batch_or_transaction(fhir, req).await;
+    }
+    run_single(fhir, req).await
+}
+
+/// Runs one request that is not a Bundle.
+pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
+    if req.is_write() {
+        let f = fhir.clone();
+        return fhir
+            .store
+            .write(move |tx| Box::pin(async move { write(&f, tx, &req).await }))
+            .await;
+    }
+    let f = fhir.clone();
+    let out: std::result::Result<Result<Resp>, crate::store::StoreError> = fhir
+        .store
+        .read(move |c| Box::pin(async move { Ok(read(&f, c, &req).await) }))
+        .await;
+    out?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("").unwrap(), Route::Root);
+        assert_eq!(route("metadata").unwrap(), Route::Metadata);
+        assert_eq!(route("Task").unwrap(), Route::Type("Task".into()));
+        assert_eq!(
+            route("Task/_search").unwrap(),
+            Route::TypeSearch("Task".into())
+        );
+        assert_eq!(
+            route("Task/1").unwrap(),
+            Route::Instance("Task".into(), "1".into())
+        );
+        assert_eq!(
+            route("Task/1/_history/3").unwrap(),
+            Route::Version("Task".into(), "1".into(), 3)
+        );
+        assert_eq!(
+            route("Task/$validate").unwrap(),
+            Route::Operation {
+                rtype: Some("Task".into()),
+                id: None,
+                name: "validate".into()
+            }
+        );
+        assert!(matches!(route("Task/a_b"), Err(Error::Invalid(_))));
+        assert!(matches!(route("task"), Err(Error::NotFound(_))));
+        assert!(matches!(route("Task/1/x/y/z"), Err(Error::NotFound(_))));
+    }
+}

@@ -1,0 +1,305 @@
+//! The HTTP edge of the FHIR API: one handler for everything under `/fhir` that reads the
+//! HTTP request into a [`Req`], runs it, and writes the [`Resp`] (or the error, as an
+//! `OperationOutcome`) back with the FHIR headers. Content negotiation lives here.
+
+use std::sync::Arc;
+
+use axum::body::{Body as HttpBody, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::bundle::parse_etag;
+use super::error::{Error, Issue, Severity, outcome};
+use super::interaction::{self, Body, Fhir, PatchFormat, Req, Resp, Return, Route};
+use super::json;
+use super::search::Summary;
+use crate::time::{http_date, parse_http_date};
+
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+
+/// What the handler needs besides the FHIR service.
+pub struct Edge {
+    pub fhir: Arc<Fhir>,
+    pub max_body_bytes: usize,
+}
+
+/// How the response is written.
+struct Output {
+    pretty: bool,
+    summary: Option<Summary>,
+    elements: Option<Vec<String>>,
+    prefer: Return,
+}
+
+pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
+    match handle_inner(&edge, request).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+pub fn error_response(e: &Error) -> Response {
+    if let Error::Store(inner) = e {
+        tracing::error!(error = %inner, "storage error");
+    }
+    let mut resp = json_response(e.status(), &outcome(&e.issues()), false);
+    if e.status() == StatusCode::METHOD_NOT_ALLOWED {
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE"),
+        );
+    }
+    resp
+}
+
+fn json_response(status: StatusCode, v: &Value, pretty: bool) -> Response {
+    let text = if pretty {
+        serde_json::to_string_pretty(v)
+    } else {
+        serde_json::to_string(v)
+    }
+    .unwrap_or_default();
+    text_response(status, text)
+}
+
+fn text_response(status: StatusCode, text: String) -> Response {
+    let mut r = (status, text).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    r
+}
+
+fn header_str<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// JSON is served; XML comes with the XML work, anything else is 406.
+fn negotiate(format: Option<&str>, accept: Option<&str>) -> Result<(), Error> {
+    if let Some(f) = format {
+        return match f {
+            "json" | "application/json" | "application/fhir+json" | "text/json" => Ok(()),
+            _ => Err(Error::NotAcceptable(format!(
+                "_format `{f}` is not served (json)"
+            ))),
+        };
+    }
+    let Some(accept) = accept else { return Ok(()) };
+    let ok = accept.split(',').any(|part| {
+        let mime = part.split(';').next().unwrap_or("").trim();
+        matches!(
+            mime,
+            "" | "*/*"
+                | "application/*"
+                | "application/json"
+                | "application/fhir+json"
+                | "application/json+fhir"
+                | "text/json"
+        )
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::NotAcceptable(format!(
+            "cannot answer in `{accept}`: this server speaks application/fhir+json"
+        )))
+    }
+}
+
+async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> {
+    let fhir = &edge.fhir;
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+    let headers = &parts.headers;
+    let path = parts.uri.path().strip_prefix("/fhir").unwrap_or("");
+    let mut query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let format = query
+        .iter()
+        .find(|(k, _)| k == "_format")
+        .map(|(_, v)| v.clone());
+    negotiate(format.as_deref(), header_str(headers, "accept"))?;
+    let route = interaction::route(path)?;
+
+    let bytes = to_bytes(HttpBody::new(body), edge.max_body_bytes)
+        .await
+        .map_err(|_| Error::TooLarge(edge.max_body_bytes))?;
+    let content_type = header_str(headers, "content-type").map(|c| {
+        c.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    });
+    let mut req = Req::new(method.clone(), route);
+    if !bytes.is_empty() {
+        match content_type.as_deref() {
+            Some("application/x-www-form-urlencoded")
+                if matches!(req.route, Route::TypeSearch(_)) =>
+            {
+                query.extend(
+                    form_urlencoded::parse(&bytes).map(|(k, v)| (k.into_owned(), v.into_owned())),
+                );
+            }
+            Some("application/json-patch+json") if method == Method::PATCH => {
+                req.patch_format = Some(PatchFormat::Json);
+                req.body = Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::invalid("invalid", format!("JSON Patch body is not JSON: {e}"))
+                })?);
+            }
+            Some(
+                "application/fhir+json"
+                | "application/json"
+                | "application/json+fhir"
+                | "text/json",
+            ) => {
+                req.body = Some(json::parse_resource(&bytes)?);
+                if method == Method::PATCH {
+                    req.patch_format = Some(PatchFormat::FhirPath);
+                }
+            }
+            Some(other) => {
+                return Err(Error::UnsupportedMediaType(format!(
+                    "cannot read a `{other}` body: send application/fhir+json"
+                )));
+            }
+            None => {
+                return Err(Error::UnsupportedMediaType(
+                    "a body needs a Content-Type (application/fhir+json)".into(),
+                ));
+            }
+        }
+    }
+    if let Some(m) = header_str(headers, "if-match") {
+        req.if_match = Some(parse_etag(m).ok_or_else(|| {
+            Error::invalid(
+                "invalid",
+                format!("If-Match `{m}` is not an ETag like W/\"1\""),
+            )
+        })?);
+    }
+    req.if_none_match = header_str(headers, "if-none-match").map(str::to_owned);
+    req.if_modified_since = header_str(headers, "if-modified-since").and_then(parse_http_date);
+    req.if_none_exist = header_str(headers, "if-none-exist").map(str::to_owned);
+    let prefer = header_str(headers, "prefer").unwrap_or("");
+    req.strict = prefer
+        .split([',', ';'])
+        .any(|p| p.trim() == "handling=strict");
+    let ret = if prefer.contains("return=minimal") {
+        Return::Minimal
+    } else if prefer.contains("return=OperationOutcome") {
+        Return::OperationOutcome
+    } else {
+        Return::Representation
+    };
+    // Some clients send conditional create as `POST Type?criteria`.
+    if method == Method::POST && matches!(req.route, Route::Type(_)) && req.if_none_exist.is_none()
+    {
+        let criteria: Vec<_> = query
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+            .collect();
+        if !criteria.is_empty() {
+            let mut ser = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in criteria {
+                ser.append_pair(k, v);
+            }
+            req.if_none_exist = Some(ser.finish());
+        }
+    }
+    let out = Output {
+        pretty: query.iter().any(|(k, v)| k == "_pretty" && v == "true"),
+        summary: query
+            .iter()
+            .find(|(k, _)| k == "_summary")
+            .and_then(|(_, v)| match v.as_str() {
+                "true" => Some(Summary::True),
+                "text" => Some(Summary::Text),
+                "data" => Some(Summary::Data),
+                "false" => Some(Summary::False),
+                _ => None,
+            }),
+        elements: query.iter().find(|(k, _)| k == "_elements").map(|(_, v)| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        }),
+        prefer: ret,
+    };
+    req.query = query;
+    let resp = interaction::run(fhir, req).await?;
+    Ok(render(fhir, resp, &out))
+}
+
+fn render(fhir: &Fhir, resp: Resp, out: &Output) -> Response {
+    let mut headers = HeaderMap::new();
+    if let Some(v) = resp.version
+        && let Ok(h) = HeaderValue::from_str(&format!("W/\"{v}\""))
+    {
+        headers.insert(header::ETAG, h);
+    }
+    if let Some(t) = resp.last_modified
+        && let Ok(h) = HeaderValue::from_str(&http_date(t))
+    {
+        headers.insert(header::LAST_MODIFIED, h);
+    }
+    if let Some(l) = &resp.location
+        && let Ok(h) = HeaderValue::from_str(l)
+    {
+        headers.insert(header::LOCATION, h.clone());
+        if resp.status == StatusCode::CREATED {
+            headers.insert(header::CONTENT_LOCATION, h);
+        }
+    }
+    let is_write_result = resp.location.is_some();
+    let mut response = if resp.status == StatusCode::NOT_MODIFIED {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if is_write_result && out.prefer == Return::Minimal {
+        resp.status.into_response()
+    } else if is_write_result && out.prefer == Return::OperationOutcome {
+        let issue = Issue {
+            severity: Severity::Information,
+            code: "informational",
+            diagnostics: format!("{}", resp.status),
+            expression: None,
+        };
+        json_response(resp.status, &outcome(&[issue]), out.pretty)
+    } else {
+        match resp.body {
+            Body::None => resp.status.into_response(),
+            Body::Raw(text) => {
+                let transform =
+                    resp.is_resource && (out.summary.is_some() || out.elements.is_some());
+                if out.pretty || transform {
+                    match serde_json::from_str::<Value>(&text) {
+                        Ok(mut v) => {
+                            if transform {
+                                v = match (&out.elements, out.summary) {
+                                    (Some(names), _) => json::elements(fhir.model, &v, names),
+                                    (None, Some(mode)) => json::summary(fhir.model, &v, mode),
+                                    _ => v,
+                                };
+                            }
+                            json_response(resp.status, &v, out.pretty)
+                        }
+                        Err(_) => text_response(resp.status, text),
+                    }
+                } else {
+                    text_response(resp.status, text)
+                }
+            }
+            Body::Json(v) => json_response(resp.status, &v, out.pretty),
+        }
+    };
+    response.headers_mut().extend(headers);
+    response
+}

@@ -1,0 +1,19 @@
+//! Passerelle: a FHIR R4 gateway for French admission and orientation requests.
+//!
+//! - [`config`] reads the TOML file and the environment into one typed [`config::Config`].
+//! - [`store`] owns the database: resources as JSON with every version, the search-index
+//!   tables, and the single write path (group commit on SQLite, pooled transactions on
+//!   PostgreSQL). It knows SQL, not FHIR rules.
+//! - [`fhir`] is the FHIR R4 server: the base model and structural validation, search
+//!   parameters and their extraction, the REST interactions, Bundles, patches, conformance.
+//! - [`server`] assembles the HTTP application (router, middleware, operations endpoints) and
+//!   runs it with graceful shutdown.
+//!
+//! `ARCHITECTURE.md` at the repository root is the map; read it first.
+
+pub mod config;
+pub mod fhir;
+pub mod observe;
+pub mod server;
+pub mod store;
+pub mod time;

@@ -1,0 +1,995 @@
+//! The store: resources as JSON text with every version kept, the search-index tables of the
+//! current versions, and one write path.
+//!
+//! - Reads run on a pool (many readers).
+//! - Writes run as jobs: a closure given a [`Tx`]. On SQLite one writer task runs the jobs of
+//!   all concurrent requests in one database transaction (each job in its own savepoint, so a
+//!   failing job rolls back alone) and replies only after the single durable `COMMIT`: group
+//!   commit. On PostgreSQL each job is its own transaction on a pooled connection; rows of the
+//!   resources being changed are locked (`FOR UPDATE`), so concurrent writers serialise per
+//!   resource, and several gateways may share the database.
+//!
+//! The store knows SQL and versions, not FHIR rules: the FHIR layer gives it the body to keep,
+//! the index rows to write and the expected current version.
+
+mod query;
+mod schema;
+
+use std::any::Any;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+pub use query::{Arg, Check, Cmp, Filter, Query, Sort, SortKey, Table, like_escape};
+
+use crate::time::{Clock, Micros, to_millis_precision};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Another write changed the resource first (version or identity taken).
+    #[error("conflicting concurrent write on {rtype}/{id}")]
+    Conflict { rtype: String, id: String },
+    #[error("migration {version} failed: {message}")]
+    Migration { version: i64, message: String },
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("cannot open database {url}: {message}")]
+    Open { url: String, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A version of a resource as kept.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub rid: i64,
+    pub rtype: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: Micros,
+    pub deleted: bool,
+    /// The resource JSON as served; `None` for a deletion.
+    pub body: Option<String>,
+}
+
+/// One row of history.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub rtype: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: Micros,
+    pub method: String,
+    pub body: Option<String>,
+}
+
+/// A value of a search parameter of the current version, as indexed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexRow {
+    String {
+        param: String,
+        norm: String,
+        exact: String,
+    },
+    Token {
+        param: String,
+        system: String,
+        code: String,
+    },
+    Reference {
+        param: String,
+        target_type: String,
+        target_id: String,
+    },
+    Date {
+        param: String,
+        lo: i64,
+        hi: i64,
+    },
+    Number {
+        param: String,
+        lo: f64,
+        hi: f64,
+        system: String,
+        code: String,
+    },
+    Uri {
+        param: String,
+        value: String,
+    },
+}
+
+/// What a write job asks the store to keep.
+pub struct NewVersion<'a> {
+    pub rtype: &'a str,
+    pub id: &'a str,
+    /// The current row the write replaces (`None`: the resource is new). The write fails
+    /// with [`StoreError::Conflict`] if it is no longer current.
+    pub previous: Option<&'a Stored>,
+    pub version: i64,
+    pub method: &'a str,
+    pub body: Option<&'a str>,
+    pub index: &'a [IndexRow],
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    clock: Arc<dyn Clock>,
+}
+
+enum Backend {
+    Sqlite {
+        readers: SqlitePool,
+        writer: mpsc::Sender<Job>,
+    },
+    Postgres {
+        pool: PgPool,
+    },
+}
+
+type Erased = Box<dyn Any + Send>;
+type JobFn =
+    Box<dyn for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> BoxFuture<'a, Result<Erased, Erased>> + Send>;
+
+struct Job {
+    run: JobFn,
+    reply: oneshot::Sender<Result<Result<Erased, Erased>, StoreError>>,
+}
+
+/// Most jobs one SQLite commit carries.
+const MAX_BATCH: usize = 128;
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub pool_size: u32,
+    /// SQLite `synchronous=FULL` (every acknowledged commit is on disk) or `NORMAL`.
+    pub sqlite_durable: bool,
+}
+
+impl Store {
+    /// Opens (creating a SQLite file on first use) and migrates.
+    pub async fn open(
+        url: &str,
+        options: &StoreOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Store, StoreError> {
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            url: redact(url),
+            message: e.to_string(),
+        };
+        let backend = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| open_err(&e))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(if options.sqlite_durable {
+                    SqliteSynchronous::Full
+                } else {
+                    SqliteSynchronous::Normal
+                })
+                .busy_timeout(Duration::from_secs(10))
+                .pragma("cache_size", "-16000");
+            let mut writer_conn = SqliteConnection::connect_with(&opts)
+                .await
+                .map_err(|e| open_err(&e))?;
+            {
+                let now = clock.now();
+                let mut conn = Conn::Sqlite(&mut writer_conn);
+                schema::migrate(&mut conn, now).await?;
+            }
+            let readers = SqlitePoolOptions::new()
+                .max_connections(options.pool_size.max(1))
+                .connect_with(opts.read_only(true))
+                .await
+                .map_err(|e| open_err(&e))?;
+            let (tx, rx) = mpsc::channel(1024);
+            tokio::spawn(sqlite_writer(writer_conn, rx, clock.clone()));
+            Backend::Sqlite {
+                readers,
+                writer: tx,
+            }
+        } else {
+            let opts = PgConnectOptions::from_str(url).map_err(|e| open_err(&e))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(options.pool_size.max(2))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts)
+                .await
+                .map_err(|e| open_err(&e))?;
+            let mut c = pool.acquire().await?;
+            schema::migrate(&mut Conn::Pg(&mut c), clock.now()).await?;
+            Backend::Postgres { pool }
+        };
+        Ok(Store {
+            inner: Arc::new(Inner { backend, clock }),
+        })
+    }
+
+    pub fn engine(&self) -> Engine {
+        match self.inner.backend {
+            Backend::Sqlite { .. } => Engine::Sqlite,
+            Backend::Postgres { .. } => Engine::Postgres,
+        }
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Pool gauges for `/metrics`: (connections open, idle).
+    pub fn pool_state(&self) -> (u32, usize) {
+        match &self.inner.backend {
+            Backend::Sqlite { readers, .. } => (readers.size(), readers.num_idle()),
+            Backend::Postgres { pool } => (pool.size(), pool.num_idle()),
+        }
+    }
+
+    /// Runs `f` on a reading connection.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: for<'a, 'c> FnOnce(&'a mut Conn<'c>) -> BoxFuture<'a, Result<T, StoreError>>,
+    {
+        match &self.inner.backend {
+            Backend::Sqlite { readers, .. } => {
+                let mut c = readers.acquire().await?;
+                f(&mut Conn::Sqlite(&mut c)).await
+            }
+            Backend::Postgres { pool } => {
+                let mut c = pool.acquire().await?;
+                f(&mut Conn::Pg(&mut c)).await
+            }
+        }
+    }
+
+    /// Runs the write job `f` atomically: everything it wrote is committed (durably) before
+    /// this returns `Ok`, and nothing of it is kept if it returns `Err`.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: for<'a, 'c> FnOnce(&'a mut Tx<'c>) -> BoxFuture<'a, Result<T, E>> + Send + 'static,
+    {
+        match &self.inner.backend {
+            Backend::Sqlite { writer, .. } => {
+                let run: JobFn = Box::new(move |tx| {
+                    Box::pin(async move {
+                        match f(tx).await {
+                            Ok(v) => Ok(Box::new(v) as Erased),
+                            Err(e) => Err(Box::new(e) as Erased),
+                        }
+                    })
+                });
+                let (reply, rx) = oneshot::channel();
+                writer
+                    .send(Job { run, reply })
+                    .await
+                    .map_err(|_| E::from(StoreError::WriterGone))?;
+                let done = rx.await.map_err(|_| E::from(StoreError::WriterGone))?;
+                match done.map_err(E::from)? {
+                    Ok(v) => Ok(*v.downcast::<T>().expect("job output type")),
+                    Err(e) => Err(*e.downcast::<E>().expect("job error type")),
+                }
+            }
+            Backend::Postgres { pool } => {
+                let mut c = pool.acquire().await.map_err(StoreError::from)?;
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut *c)
+                    .await
+                    .map_err(StoreError::from)?;
+                let now = to_millis_precision(self.inner.clock.now());
+                let mut tx = Tx {
+                    conn: Conn::Pg(&mut c),
+                    now,
+                };
+                let out = f(&mut tx).await;
+                let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                sqlx::raw_sql(end)
+                    .execute(&mut *c)
+                    .await
+                    .map_err(StoreError::from)?;
+                out
+            }
+        }
+    }
+
+    /// The current row of a resource (deleted ones included), with its body.
+    pub async fn current(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        let (rtype, id) = (rtype.to_owned(), id.to_owned());
+        self.read(move |c| Box::pin(async move { c.current(&rtype, &id, false).await }))
+            .await
+    }
+
+    /// One version of a resource.
+    pub async fn version(
+        &self,
+        rtype: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<Stored>, StoreError> {
+        let (rtype, id) = (rtype.to_owned(), id.to_owned());
+        self.read(move |c| Box::pin(async move { c.version(&rtype, &id, version).await }))
+            .await
+    }
+}
+
+/// Keeps the password out of logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..s + 3], &creds[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn sqlite_writer(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Job>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let began = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await;
+        if let Err(e) = began {
+            let msg = e.to_string();
+            for job in batch.drain(..) {
+                let _ = job
+                    .reply
+                    .send(Err(StoreError::Database(sqlx::Error::Protocol(
+                        msg.clone(),
+                    ))));
+            }
+            continue;
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch.drain(..) {
+            let outcome = run_in_savepoint(&mut conn, job.run, &*clock).await;
+            results.push(outcome);
+            replies.push(job.reply);
+        }
+        let committed = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
+        match committed {
+            Ok(_) => {
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
+                tracing::error!(error = %e, "group commit failed; every write of the batch is refused");
+                let msg = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Database(sqlx::Error::Protocol(
+                        msg.clone(),
+                    ))));
+                }
+            }
+        }
+    }
+}
+
+async fn run_in_savepoint(
+    conn: &mut SqliteConnection,
+    run: JobFn,
+    clock: &dyn Clock,
+) -> Result<Result<Erased, Erased>, StoreError> {
+    sqlx::raw_sql("SAVEPOINT job").execute(&mut *conn).await?;
+    let now = to_millis_precision(clock.now());
+    let outcome = {
+        let mut tx = Tx {
+            conn: Conn::Sqlite(&mut *conn),
+            now,
+        };
+        run(&mut tx).await
+    };
+    if outcome.is_err() {
+        sqlx::raw_sql("ROLLBACK TO job").execute(&mut *conn).await?;
+    }
+    sqlx::raw_sql("RELEASE job").execute(&mut *conn).await?;
+    Ok(outcome)
+}
+
+/// A connection of either engine. The SQL below is written once: `$n` placeholders and the
+/// types used (BIGINT, TEXT, BOOLEAN, DOUBLE) mean the same on both.
+pub enum Conn<'c> {
+    Sqlite(&'c mut SqliteConnection),
+    Pg(&'c mut PgConnection),
+}
+
+/// Runs the same code on either engine; `$c` is the concrete connection.
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            Conn::Sqlite($c) => $body,
+            Conn::Pg($c) => $body,
+        }
+    };
+}
+
+macro_rules! bind_args {
+    ($q:expr, $args:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::Text(s) => q.bind(s.clone()),
+                Arg::Int(i) => q.bind(*i),
+                Arg::Real(f) => q.bind(*f),
+            };
+        }
+        q
+    }};
+}
+
+const STORED_COLUMNS: &str = "r.rid, r.rtype, r.id, r.version, r.last_updated, r.deleted, v.body";
+
+fn stored_from<R: Row>(row: &R) -> Result<Stored, sqlx::Error>
+where
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    Ok(Stored {
+        rid: row.try_get(0)?,
+        rtype: row.try_get(1)?,
+        id: row.try_get(2)?,
+        version: row.try_get(3)?,
+        last_updated: row.try_get(4)?,
+        deleted: row.try_get(5)?,
+        body: row.try_get(6)?,
+    })
+}
+
+impl Conn<'_> {
+    pub fn engine(&self) -> Engine {
+        match self {
+            Conn::Sqlite(_) => Engine::Sqlite,
+            Conn::Pg(_) => Engine::Postgres,
+        }
+    }
+
+    async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError> {
+        on_conn!(self, |c| {
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut **c).await?;
+        });
+        Ok(())
+    }
+
+    async fn applied_migrations(&mut self) -> Result<Vec<i64>, StoreError> {
+        let sql = "SELECT version FROM schema_migrations";
+        Ok(on_conn!(self, |c| {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_all(&mut **c)
+                .await?
+        }))
+    }
+
+    async fn record_migration(&mut self, v: i64, name: &str, now: i64) -> Result<(), StoreError> {
+        let sql = "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)";
+        on_conn!(self, |c| {
+            sqlx::query(sql)
+                .bind(v)
+                .bind(name)
+                .bind(now)
+                .execute(&mut **c)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// `SELECT 1` — for `/ready`.
+    pub async fn ping(&mut self) -> Result<(), StoreError> {
+        self.execute_script("SELECT 1").await
+    }
+
+    /// The current row of a resource. `lock` takes a row lock on PostgreSQL (writers only).
+    pub async fn current(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        lock: bool,
+    ) -> Result<Option<Stored>, StoreError> {
+        let lock_sql = if lock && matches!(self, Conn::Pg(_)) {
+            " FOR UPDATE OF r"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v \
+             ON v.rid = r.rid AND v.version = r.version WHERE r.rtype = $1 AND r.id = $2{lock_sql}"
+        );
+        Ok(on_conn!(self, |c| {
+            match sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(rtype)
+                .bind(id)
+                .fetch_optional(&mut **c)
+                .await?
+            {
+                Some(row) => Some(stored_from(&row)?),
+                None => None,
+            }
+        }))
+    }
+
+    pub async fn version(
+        &mut self,
+        rtype: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<Stored>, StoreError> {
+        let sql = "SELECT r.rid, r.rtype, r.id, v.version, v.last_updated, v.body IS NULL, v.body \
+             FROM resources r JOIN versions v ON v.rid = r.rid \
+             WHERE r.rtype = $1 AND r.id = $2 AND v.version = $3";
+        Ok(on_conn!(self, |c| {
+            match sqlx::query(sql)
+                .bind(rtype)
+                .bind(id)
+                .bind(version)
+                .fetch_optional(&mut **c)
+                .await?
+            {
+                Some(row) => Some(stored_from(&row)?),
+                None => None,
+            }
+        }))
+    }
+
+    /// Current, not deleted resources by type and id, in no particular order.
+    pub async fn many(&mut self, keys: &[(String, String)]) -> Result<Vec<Stored>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(200) {
+            let mut sql = query::Sql::default();
+            sql.push(&format!(
+                "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v \
+                 ON v.rid = r.rid AND v.version = r.version WHERE r.deleted = FALSE AND ("
+            ));
+            for (i, (t, id)) in chunk.iter().enumerate() {
+                if i > 0 {
+                    sql.push(" OR ");
+                }
+                sql.push("(r.rtype = ");
+                sql.bind(Arg::Text(t.clone()));
+                sql.push(" AND r.id = ");
+                sql.bind(Arg::Text(id.clone()));
+                sql.push(")");
+            }
+            sql.push(")");
+            out.extend(self.fetch_stored(&sql).await?);
+        }
+        Ok(out)
+    }
+
+    async fn fetch_stored(&mut self, sql: &query::Sql) -> Result<Vec<Stored>, StoreError> {
+        Ok(on_conn!(self, |c| {
+            let q = bind_args!(sqlx::query(AssertSqlSafe(sql.text.as_str())), &sql.args);
+            let rows = q.fetch_all(&mut **c).await?;
+            rows.iter()
+                .map(stored_from)
+                .collect::<Result<Vec<_>, _>>()?
+        }))
+    }
+
+    /// One page of a search, in the query's order.
+    pub async fn search(&mut self, q: &Query) -> Result<Vec<Stored>, StoreError> {
+        self.fetch_stored(&query::select_page(q)).await
+    }
+
+    pub async fn count(&mut self, q: &Query) -> Result<i64, StoreError> {
+        let sql = query::select_count(q);
+        Ok(on_conn!(self, |c| {
+            let q = bind_args!(
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.text.as_str())),
+                &sql.args
+            );
+            q.fetch_one(&mut **c).await?
+        }))
+    }
+
+    /// Targets of the reference parameter `param` of the resources `rids`.
+    pub async fn references_of(
+        &mut self,
+        rids: &[i64],
+        param: &str,
+        target_type: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        if rids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = query::Sql::default();
+        sql.push("SELECT DISTINCT target_type, target_id FROM idx_reference WHERE param = ");
+        sql.bind(Arg::Text(param.to_owned()));
+        if let Some(t) = target_type {
+            sql.push(" AND target_type = ");
+            sql.bind(Arg::Text(t.to_owned()));
+        }
+        sql.push(" AND rid IN (");
+        for (i, rid) in rids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(Arg::Int(*rid));
+        }
+        sql.push(")");
+        Ok(on_conn!(self, |c| {
+            let q = bind_args!(
+                sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql.text.as_str())),
+                &sql.args
+            );
+            q.fetch_all(&mut **c).await?
+        }))
+    }
+
+    /// Current resources of `source_type` whose `param` points at one of `targets`.
+    pub async fn referencing(
+        &mut self,
+        source_type: &str,
+        param: &str,
+        targets: &[(String, String)],
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = query::Sql::default();
+        sql.push(&format!(
+            "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v \
+             ON v.rid = r.rid AND v.version = r.version WHERE r.deleted = FALSE AND r.rtype = "
+        ));
+        sql.bind(Arg::Text(source_type.to_owned()));
+        sql.push(" AND EXISTS (SELECT 1 FROM idx_reference x WHERE x.rid = r.rid AND x.param = ");
+        sql.bind(Arg::Text(param.to_owned()));
+        sql.push(" AND (");
+        for (i, (t, id)) in targets.iter().enumerate() {
+            if i > 0 {
+                sql.push(" OR ");
+            }
+            sql.push("(x.target_type = ");
+            sql.bind(Arg::Text(t.clone()));
+            sql.push(" AND x.target_id = ");
+            sql.bind(Arg::Text(id.clone()));
+            sql.push(")");
+        }
+        sql.push(")) ORDER BY r.rid LIMIT ");
+        sql.bind(Arg::Int(limit as i64));
+        self.fetch_stored(&sql).await
+    }
+
+    /// History, newest first: of one resource (`rtype` and `id`), of a type, or of everything.
+    pub async fn history(
+        &mut self,
+        rtype: Option<&str>,
+        id: Option<&str>,
+        since: Option<Micros>,
+        limit: usize,
+        offset: usize,
+    ) -> Result<(Vec<HistoryEntry>, i64), StoreError> {
+        let mut cond = query::Sql::default();
+        cond.push(" WHERE 1 = 1");
+        if let Some(t) = rtype {
+            cond.push(" AND r.rtype = ");
+            cond.bind(Arg::Text(t.to_owned()));
+        }
+        if let Some(i) = id {
+            cond.push(" AND r.id = ");
+            cond.bind(Arg::Text(i.to_owned()));
+        }
+        if let Some(s) = since {
+            cond.push(" AND v.last_updated >= ");
+            cond.bind(Arg::Int(s));
+        }
+        let from = "FROM versions v JOIN resources r ON r.rid = v.rid";
+        let count_sql = format!("SELECT COUNT(*) {from}{}", cond.text);
+        let mut page = query::Sql {
+            text: format!(
+                "SELECT r.rtype, r.id, v.version, v.last_updated, v.method, v.body {from}{} \
+                 ORDER BY v.last_updated DESC, v.rid DESC, v.version DESC LIMIT ",
+                cond.text
+            ),
+            args: cond.args.clone(),
+        };
+        page.bind(Arg::Int(limit as i64));
+        page.push(" OFFSET ");
+        page.bind(Arg::Int(offset as i64));
+        Ok(on_conn!(self, |c| {
+            let total = bind_args!(
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(count_sql.as_str())),
+                &cond.args
+            )
+            .fetch_one(&mut **c)
+            .await?;
+            let rows = bind_args!(sqlx::query(AssertSqlSafe(page.text.as_str())), &page.args)
+                .fetch_all(&mut **c)
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                out.push(HistoryEntry {
+                    rtype: row.try_get(0)?,
+                    id: row.try_get(1)?,
+                    version: row.try_get(2)?,
+                    last_updated: row.try_get(3)?,
+                    method: row.try_get(4)?,
+                    body: row.try_get(5)?,
+                });
+            }
+            (out, total)
+        }))
+    }
+}
+
+/// The write side of a job: a [`Conn`] inside a transaction, and the job's timestamp.
+pub struct Tx<'c> {
+    conn: Conn<'c>,
+    now: Micros,
+}
+
+impl<'c> Tx<'c> {
+    /// The time this job writes as `lastUpdated` (millisecond precision).
+    pub fn now(&self) -> Micros {
+        self.now
+    }
+
+    /// Reading inside the transaction.
+    pub fn conn(&mut self) -> &mut Conn<'c> {
+        &mut self.conn
+    }
+
+    /// The current row of a resource, locked against concurrent writers until commit.
+    pub async fn current(&mut self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        self.conn.current(rtype, id, true).await
+    }
+
+    /// Serialises jobs that decide on the absence of something (conditional create, new
+    /// ids): on PostgreSQL a transaction-scoped advisory lock per resource type; SQLite's
+    /// single writer already serialises.
+    pub async fn lock_type(&mut self, rtype: &str) -> Result<(), StoreError> {
+        if let Conn::Pg(c) = &mut self.conn {
+            sqlx::query("SELECT pg_advisory_xact_lock(72100002, hashtext($1))")
+                .bind(rtype)
+                .execute(&mut **c)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a new version and replaces the resource's index rows.
+    pub async fn put(&mut self, v: NewVersion<'_>) -> Result<Stored, StoreError> {
+        let conflict = || StoreError::Conflict {
+            rtype: v.rtype.to_owned(),
+            id: v.id.to_owned(),
+        };
+        let deleted = v.body.is_none();
+        let now = self.now;
+        let rid = match v.previous {
+            None => {
+                let sql = "INSERT INTO resources (rtype, id, version, last_updated, deleted) \
+                           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid";
+                let rid: Option<i64> = on_conn!(&mut self.conn, |c| {
+                    sqlx::query_scalar(sql)
+                        .bind(v.rtype)
+                        .bind(v.id)
+                        .bind(v.version)
+                        .bind(now)
+                        .bind(deleted)
+                        .fetch_optional(&mut **c)
+                        .await?
+                });
+                rid.ok_or_else(conflict)?
+            }
+            Some(prev) => {
+                let sql = "UPDATE resources SET version = $1, last_updated = $2, deleted = $3 \
+                           WHERE rid = $4 AND version = $5";
+                let n = on_conn!(&mut self.conn, |c| {
+                    sqlx::query(sql)
+                        .bind(v.version)
+                        .bind(now)
+                        .bind(deleted)
+                        .bind(prev.rid)
+                        .bind(prev.version)
+                        .execute(&mut **c)
+                        .await?
+                        .rows_affected()
+                });
+                if n != 1 {
+                    return Err(conflict());
+                }
+                prev.rid
+            }
+        };
+        let sql = "INSERT INTO versions (rid, version, last_updated, method, body) VALUES ($1, $2, $3, $4, $5)";
+        on_conn!(&mut self.conn, |c| {
+            sqlx::query(sql)
+                .bind(rid)
+                .bind(v.version)
+                .bind(now)
+                .bind(v.method)
+                .bind(v.body)
+                .execute(&mut **c)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
+                    _ => StoreError::from(e),
+                })?;
+        });
+        if v.previous.is_some() {
+            self.clear_index(rid).await?;
+        }
+        self.insert_index(rid, v.index).await?;
+        Ok(Stored {
+            rid,
+            rtype: v.rtype.to_owned(),
+            id: v.id.to_owned(),
+            version: v.version,
+            last_updated: now,
+            deleted,
+            body: v.body.map(str::to_owned),
+        })
+    }
+
+    async fn clear_index(&mut self, rid: i64) -> Result<(), StoreError> {
+        for table in [
+            "idx_string",
+            "idx_token",
+            "idx_reference",
+            "idx_date",
+            "idx_number",
+            "idx_uri",
+        ] {
+            let sql = format!("DELETE FROM {table} WHERE rid = $1");
+            on_conn!(&mut self.conn, |c| {
+                sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .bind(rid)
+                    .execute(&mut **c)
+                    .await?;
+            });
+        }
+        Ok(())
+    }
+
+    async fn insert_index(&mut self, rid: i64, rows: &[IndexRow]) -> Result<(), StoreError> {
+        // One multi-row INSERT per table keeps round trips low on PostgreSQL.
+        let mut by_table: [(query::Sql, usize); 6] = Default::default();
+        for row in rows {
+            let (slot, head, args): (usize, &str, Vec<Arg>) = match row {
+                IndexRow::String { param, norm, exact } => (
+                    0,
+                    "INSERT INTO idx_string (rid, param, norm, exact) VALUES ",
+                    vec![
+                        Arg::Text(param.clone()),
+                        Arg::Text(norm.clone()),
+                        Arg::Text(exact.clone()),
+                    ],
+                ),
+                IndexRow::Token {
+                    param,
+                    system,
+                    code,
+                } => (
+                    1,
+                    "INSERT INTO idx_token (rid, param, system, code) VALUES ",
+                    vec![
+                        Arg::Text(param.clone()),
+                        Arg::Text(system.clone()),
+                        Arg::Text(code.clone()),
+                    ],
+                ),
+                IndexRow::Reference {
+                    param,
+                    target_type,
+                    target_id,
+                } => (
+                    2,
+                    "INSERT INTO idx_reference (rid, param, target_type, target_id) VALUES ",
+                    vec![
+                        Arg::Text(param.clone()),
+                        Arg::Text(target_type.clone()),
+                        Arg::Text(target_id.clone()),
+                    ],
+                ),
+                IndexRow::Date { param, lo, hi } => (
+                    3,
+                    "INSERT INTO idx_date (rid, param, lo, hi) VALUES ",
+                    vec![Arg::Text(param.clone()), Arg::Int(*lo), Arg::Int(*hi)],
+                ),
+                IndexRow::Number {
+                    param,
+                    lo,
+                    hi,
+                    system,
+                    code,
+                } => (
+                    4,
+                    "INSERT INTO idx_number (rid, param, lo, hi, system, code) VALUES ",
+                    vec![
+                        Arg::Text(param.clone()),
+                        Arg::Real(*lo),
+                        Arg::Real(*hi),
+                        Arg::Text(system.clone()),
+                        Arg::Text(code.clone()),
+                    ],
+                ),
+                IndexRow::Uri { param, value } => (
+                    5,
+                    "INSERT INTO idx_uri (rid, param, value) VALUES ",
+                    vec![Arg::Text(param.clone()), Arg::Text(value.clone())],
+                ),
+            };
+            let (sql, n) = &mut by_table[slot];
+            if *n == 0 {
+                sql.push(head);
+            } else {
+                sql.push(", ");
+            }
+            *n += 1;
+            sql.push("(");
+            sql.bind(Arg::Int(rid));
+            for a in args {
+                sql.push(", ");
+                sql.bind(a);
+            }
+            sql.push(")");
+            // Stay well under the engines' bound-parameter limits.
+            if sql.args.len() > 900 {
+                let full = std::mem::take(&mut by_table[slot]);
+                self.run(&full.0).await?;
+            }
+        }
+        for (sql, n) in by_table {
+            if n > 0 && !sql.args.is_empty() {
+                self.run(&sql).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, sql: &query::Sql) -> Result<(), StoreError> {
+        on_conn!(&mut self.conn, |c| {
+            bind_args!(sqlx::query(AssertSqlSafe(sql.text.as_str())), &sql.args)
+                .execute(&mut **c)
+                .await?;
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,433 @@
+//! Search queries as the store takes them: which resources of one type, filtered by conditions
+//! on the index tables, sorted and paged. The FHIR layer decides what a search parameter
+//! means (prefix semantics, modifiers, chains); this module only turns that into SQL that
+//! both engines run unchanged (`$n` placeholders work on SQLite and PostgreSQL).
+
+use std::fmt::Write;
+
+/// One of the index tables of `migrations/*/0001_resources.sql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    String,
+    Token,
+    Reference,
+    Date,
+    Number,
+    Uri,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::String => "idx_string",
+            Table::Token => "idx_token",
+            Table::Reference => "idx_reference",
+            Table::Date => "idx_date",
+            Table::Number => "idx_number",
+            Table::Uri => "idx_uri",
+        }
+    }
+
+    fn has_column(self, column: &str) -> bool {
+        let columns: &[&str] = match self {
+            Table::String => &["norm", "exact"],
+            Table::Token => &["system", "code"],
+            Table::Reference => &["target_type", "target_id"],
+            Table::Date => &["lo", "hi"],
+            Table::Number => &["lo", "hi", "system", "code"],
+            Table::Uri => &["value"],
+        };
+        columns.contains(&column)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(String),
+    Int(i64),
+    Real(f64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    /// SQL `LIKE` with `\` as the escape character.
+    Like,
+}
+
+impl Cmp {
+    fn sql(self) -> &'static str {
+        match self {
+            Cmp::Eq => "=",
+            Cmp::Ne => "<>",
+            Cmp::Lt => "<",
+            Cmp::Le => "<=",
+            Cmp::Gt => ">",
+            Cmp::Ge => ">=",
+            Cmp::Like => "LIKE",
+        }
+    }
+}
+
+/// A comparison of one column of an index row with a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub column: &'static str,
+    pub cmp: Cmp,
+    pub value: Arg,
+}
+
+impl Check {
+    pub fn new(column: &'static str, cmp: Cmp, value: Arg) -> Self {
+        Check { column, cmp, value }
+    }
+    pub fn text(column: &'static str, cmp: Cmp, value: impl Into<String>) -> Self {
+        Check::new(column, cmp, Arg::Text(value.into()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// Matches nothing (a value that can never be indexed, e.g. a malformed date).
+    Nothing,
+    Id(Vec<String>),
+    /// Conditions on the resource's `last_updated`, all of which must hold.
+    LastUpdated(Vec<(Cmp, i64)>),
+    /// The resource has an index row of `param` meeting every check (a row, not rows).
+    Has {
+        table: Table,
+        param: String,
+        checks: Vec<Check>,
+    },
+    /// The resource has no index row of `param` meeting every check.
+    HasNot {
+        table: Table,
+        param: String,
+        checks: Vec<Check>,
+    },
+    /// The resource has (`missing == false`) or has not any value for `param`.
+    Missing {
+        table: Table,
+        param: String,
+        missing: bool,
+    },
+    /// The reference `param` points at a resource of `target_type` matching `query`.
+    Chain {
+        param: String,
+        query: Box<Query>,
+    },
+    /// A resource of `source_type` matching `query` points at this one through `param` (`_has`).
+    ReverseChain {
+        param: String,
+        query: Box<Query>,
+    },
+    Or(Vec<Filter>),
+    And(Vec<Filter>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortKey {
+    Id,
+    LastUpdated,
+    Index {
+        table: Table,
+        param: String,
+        column: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sort {
+    pub key: SortKey,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub rtype: String,
+    pub filters: Vec<Filter>,
+    pub sort: Vec<Sort>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+impl Query {
+    pub fn new(rtype: impl Into<String>) -> Self {
+        Query {
+            rtype: rtype.into(),
+            filters: Vec::new(),
+            sort: Vec::new(),
+            limit: usize::MAX,
+            offset: 0,
+        }
+    }
+}
+
+/// SQL text with its arguments in placeholder order.
+#[derive(Debug, Default)]
+pub struct Sql {
+    pub text: String,
+    pub args: Vec<Arg>,
+}
+
+impl Sql {
+    pub fn bind(&mut self, arg: Arg) {
+        self.args.push(arg);
+        let _ = write!(self.text, "${}", self.args.len());
+    }
+    pub fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+    }
+}
+
+/// `SELECT <columns> FROM resources r JOIN versions v … WHERE <filters> ORDER BY … LIMIT …`
+pub fn select_page(q: &Query) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT r.rid, r.rtype, r.id, r.version, r.last_updated, r.deleted, v.body \
+         FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version WHERE ",
+    );
+    where_clause(&mut sql, q, "r");
+    sql.push(" ORDER BY ");
+    for s in &q.sort {
+        sort_expr(&mut sql, s);
+        sql.push(", ");
+    }
+    sql.push("r.rid");
+    if q.limit != usize::MAX {
+        sql.push(" LIMIT ");
+        sql.bind(Arg::Int(q.limit as i64));
+        sql.push(" OFFSET ");
+        sql.bind(Arg::Int(q.offset as i64));
+    }
+    sql
+}
+
+pub fn select_count(q: &Query) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT COUNT(*) FROM resources r WHERE ");
+    where_clause(&mut sql, q, "r");
+    sql
+}
+
+fn sort_expr(sql: &mut Sql, s: &Sort) {
+    let dir = if s.descending { " DESC" } else { "" };
+    match &s.key {
+        SortKey::Id => {
+            sql.push("r.id");
+            sql.push(dir);
+        }
+        SortKey::LastUpdated => {
+            sql.push("r.last_updated");
+            sql.push(dir);
+        }
+        SortKey::Index {
+            table,
+            param,
+            column,
+        } => {
+            debug_assert!(table.has_column(column));
+            // Ascending sorts on the smallest value of a repeating element, descending on the
+            // largest; resources without a value come last either way.
+            let agg = if s.descending { "MAX" } else { "MIN" };
+            let sub = |sql: &mut Sql| {
+                let _ = write!(
+                    sql.text,
+                    "(SELECT {agg}(s.{column}) FROM {} s WHERE s.rid = r.rid AND s.param = ",
+                    table.name()
+                );
+                sql.bind(Arg::Text(param.clone()));
+                sql.push(")");
+            };
+            sub(sql);
+            sql.push(" IS NULL, ");
+            sub(sql);
+            sql.push(dir);
+        }
+    }
+}
+
+fn where_clause(sql: &mut Sql, q: &Query, alias: &str) {
+    let _ = write!(sql.text, "{alias}.rtype = ");
+    sql.bind(Arg::Text(q.rtype.clone()));
+    let _ = write!(sql.text, " AND {alias}.deleted = FALSE");
+    for f in &q.filters {
+        sql.push(" AND ");
+        filter(sql, f, alias, &q.rtype);
+    }
+}
+
+fn checks_sql(sql: &mut Sql, checks: &[Check], table: Table, row: &str) {
+    for c in checks {
+        debug_assert!(table.has_column(c.column), "{:?} {}", table, c.column);
+        let _ = write!(sql.text, " AND {row}.{} {} ", c.column, c.cmp.sql());
+        sql.bind(c.value.clone());
+        if c.cmp == Cmp::Like {
+            sql.push(" ESCAPE '\\'");
+        }
+    }
+}
+
+fn filter(sql: &mut Sql, f: &Filter, alias: &str, rtype: &str) {
+    match f {
+        Filter::Nothing => sql.push("1 = 0"),
+        Filter::Id(ids) => {
+            let _ = write!(sql.text, "{alias}.id IN (");
+            for (i, id) in ids.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(Arg::Text(id.clone()));
+            }
+            sql.push(")");
+        }
+        Filter::LastUpdated(bounds) => {
+            sql.push("(1 = 1");
+            for (cmp, t) in bounds {
+                let _ = write!(sql.text, " AND {alias}.last_updated {} ", cmp.sql());
+                sql.bind(Arg::Int(*t));
+            }
+            sql.push(")");
+        }
+        Filter::Has {
+            table,
+            param,
+            checks,
+        }
+        | Filter::HasNot {
+            table,
+            param,
+            checks,
+        } => {
+            let not = if matches!(f, Filter::HasNot { .. }) {
+                "NOT "
+            } else {
+                ""
+            };
+            let _ = write!(
+                sql.text,
+                "{not}EXISTS (SELECT 1 FROM {} x WHERE x.rid = {alias}.rid AND x.param = ",
+                table.name()
+            );
+            sql.bind(Arg::Text(param.clone()));
+            checks_sql(sql, checks, *table, "x");
+            sql.push(")");
+        }
+        Filter::Missing {
+            table,
+            param,
+            missing,
+        } => {
+            let not = if *missing { "NOT " } else { "" };
+            let _ = write!(
+                sql.text,
+                "{not}EXISTS (SELECT 1 FROM {} x WHERE x.rid = {alias}.rid AND x.param = ",
+                table.name()
+            );
+            sql.bind(Arg::Text(param.clone()));
+            sql.push(")");
+        }
+        Filter::Chain { param, query } => {
+            let inner = format!("{alias}c");
+            let _ = write!(
+                sql.text,
+                "EXISTS (SELECT 1 FROM idx_reference x JOIN resources {inner} \
+                 ON {inner}.id = x.target_id AND {inner}.rtype = x.target_type \
+                 WHERE x.rid = {alias}.rid AND x.param = "
+            );
+            sql.bind(Arg::Text(param.clone()));
+            sql.push(" AND ");
+            where_clause(sql, query, &inner);
+            sql.push(")");
+        }
+        Filter::ReverseChain { param, query } => {
+            let inner = format!("{alias}h");
+            let _ = write!(
+                sql.text,
+                "EXISTS (SELECT 1 FROM idx_reference x JOIN resources {inner} ON {inner}.rid = x.rid \
+                 WHERE x.target_type = "
+            );
+            sql.bind(Arg::Text(rtype.to_owned()));
+            let _ = write!(sql.text, " AND x.target_id = {alias}.id AND x.param = ");
+            sql.bind(Arg::Text(param.clone()));
+            sql.push(" AND ");
+            where_clause(sql, query, &inner);
+            sql.push(")");
+        }
+        Filter::Or(fs) | Filter::And(fs) => {
+            if fs.is_empty() {
+                sql.push(if matches!(f, Filter::Or(_)) {
+                    "1 = 0"
+                } else {
+                    "1 = 1"
+                });
+                return;
+            }
+            let op = if matches!(f, Filter::Or(_)) {
+                " OR "
+            } else {
+                " AND "
+            };
+            sql.push("(");
+            for (i, sub) in fs.iter().enumerate() {
+                if i > 0 {
+                    sql.push(op);
+                }
+                filter(sql, sub, alias, rtype);
+            }
+            sql.push(")");
+        }
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+pub fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_follow_arguments() {
+        let mut q = Query::new("Task");
+        q.filters.push(Filter::Has {
+            table: Table::Token,
+            param: "Task.status".into(),
+            checks: vec![Check::text("code", Cmp::Eq, "requested")],
+        });
+        q.sort.push(Sort {
+            key: SortKey::Index {
+                table: Table::Date,
+                param: "Task.authored-on".into(),
+                column: "lo",
+            },
+            descending: true,
+        });
+        q.limit = 20;
+        let sql = select_page(&q);
+        assert_eq!(sql.args.len(), 7);
+        for i in 1..=7 {
+            assert!(sql.text.contains(&format!("${i}")), "{}", sql.text);
+        }
+        assert!(!sql.text.contains("$8"));
+    }
+
+    #[test]
+    fn like_is_escaped() {
+        assert_eq!(like_escape("a%b_c\\"), "a\\%b\\_c\\\\");
+    }
+}

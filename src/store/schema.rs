@@ -1,0 +1,69 @@
+//! Schema migrations: the numbered files of `migrations/{sqlite,postgres}`, embedded in the
+//! binary and applied in order, each in its own transaction, recorded in `schema_migrations`.
+
+use super::{Conn, StoreError};
+
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "resources",
+    sqlite: include_str!("../../migrations/sqlite/0001_resources.sql"),
+    postgres: include_str!("../../migrations/postgres/0001_resources.sql"),
+}];
+
+/// Applies the missing migrations; returns how many ran.
+pub(super) async fn migrate(conn: &mut Conn<'_>, now: i64) -> Result<usize, StoreError> {
+    conn.execute_script(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .await?;
+    // Two gateways starting together against one PostgreSQL must not both migrate.
+    let is_pg = matches!(conn, Conn::Pg(_));
+    if is_pg {
+        conn.execute_script("SELECT pg_advisory_lock(72100001)")
+            .await?;
+    }
+    let result = apply_missing(conn, now, is_pg).await;
+    if is_pg {
+        conn.execute_script("SELECT pg_advisory_unlock(72100001)")
+            .await?;
+    }
+    result
+}
+
+async fn apply_missing(conn: &mut Conn<'_>, now: i64, is_pg: bool) -> Result<usize, StoreError> {
+    let applied = conn.applied_migrations().await?;
+    let mut ran = 0;
+    for m in MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        let script = if is_pg { m.postgres } else { m.sqlite };
+        conn.execute_script("BEGIN").await?;
+        let outcome = async {
+            conn.execute_script(script).await?;
+            conn.record_migration(m.version, m.name, now).await
+        }
+        .await;
+        match outcome {
+            Ok(()) => conn.execute_script("COMMIT").await?,
+            Err(e) => {
+                conn.execute_script("ROLLBACK").await?;
+                return Err(StoreError::Migration {
+                    version: m.version,
+                    message: e.to_string(),
+                });
+            }
+        }
+        tracing::info!(version = m.version, name = m.name, "applied migration");
+        ran += 1;
+    }
+    Ok(ran)
+}

@@ -1,0 +1,306 @@
+//! Test harness: a real gateway on an ephemeral port, on SQLite (a fresh file) or on
+//! PostgreSQL (a fresh schema in `TEST_DATABASE_URL`), spoken to over HTTP.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use passerelle::config::Config;
+use passerelle::server::App;
+use passerelle::time::{Clock, ManualClock, SystemClock};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Gateway {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub app: App,
+    pub engine: Engine,
+    pub clock: Option<ManualClock>,
+    _guard: Guard,
+}
+
+pub enum Guard {
+    Dir(std::path::PathBuf),
+    Schema(String, String),
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        match self {
+            Guard::Dir(d) => {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            Guard::Schema(url, schema) => {
+                let (url, schema) = (url.clone(), schema.clone());
+                // Drop runs inside the test's runtime: use a thread with its own.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    if let Ok(rt) = rt {
+                        rt.block_on(async {
+                            use sqlx::Connection;
+                            if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+                                let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+                                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                                    .execute(&mut c)
+                                    .await;
+                            }
+                        });
+                    }
+                })
+                .join();
+            }
+        }
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst),
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..8)
+            .unwrap_or("x")
+    )
+}
+
+/// `TEST_DATABASE_URL`, or `None` (the PostgreSQL tests then say they were skipped).
+pub fn pg_url() -> Option<String> {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// A database URL for a fresh, empty database of `engine`.
+pub async fn fresh_database(engine: Engine) -> Option<(String, Guard)> {
+    match engine {
+        Engine::Sqlite => {
+            let dir = std::env::temp_dir().join(unique("passerelle-test"));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let url = format!("sqlite://{}", dir.join("db.sqlite").display());
+            Some((url, Guard::Dir(dir)))
+        }
+        Engine::Postgres => {
+            let url = match pg_url() {
+                Some(u) => u,
+                None => {
+                    eprintln!("TEST_DATABASE_URL is not set: the PostgreSQL suite was skipped");
+                    return None;
+                }
+            };
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+                panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}")
+            });
+            let schema = unique("t");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&mut c)
+                .await
+                .expect("create schema");
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let scoped = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+            Some((scoped, Guard::Schema(url, schema)))
+        }
+    }
+}
+
+pub struct Options {
+    pub clock: Option<ManualClock>,
+}
+
+/// Starts a gateway; `None` when the engine is not available (PostgreSQL without URL).
+pub async fn spawn(engine: Engine) -> Option<Gateway> {
+    spawn_with(engine, Options { clock: None }).await
+}
+
+pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
+    let (url, guard) = fresh_database(engine).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let base = format!("http://{addr}");
+    let config = Config {
+        database_url: url,
+        listen: addr.to_string(),
+        base_url: Some(base.clone()),
+        db_pool_size: 4,
+        ..Config::default()
+    };
+    let clock: Arc<dyn Clock> = match &opts.clock {
+        Some(c) => Arc::new(c.clone()),
+        None => Arc::new(SystemClock),
+    };
+    let app = App::open(&config, base.clone(), clock)
+        .await
+        .expect("open app");
+    let router = app.router(config.max_body_bytes);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Some(Gateway {
+        base: format!("{base}/fhir"),
+        client: reqwest::Client::new(),
+        app,
+        engine,
+        clock: opts.clock,
+        _guard: guard,
+    })
+}
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+    /// Asserts the status, showing the body when it differs.
+    pub fn expect(self, status: u16) -> Answer {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self
+    }
+    /// The first issue's diagnostics of an OperationOutcome body.
+    pub fn diagnostics(&self) -> String {
+        let v = self.json();
+        assert_eq!(v["resourceType"], "OperationOutcome", "{}", self.text);
+        v["issue"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                format!(
+                    "{} @ {}",
+                    i["diagnostics"].as_str().unwrap_or(""),
+                    i["expression"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}/{}", self.base, path.trim_start_matches('/'))
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
+        let r = req.send().await.expect("request");
+        Answer {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            text: r.text().await.expect("body"),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.send(
+            self.client
+                .post(self.url(path))
+                .header("content-type", FHIR_JSON)
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Answer {
+        self.send(
+            self.client
+                .put(self.url(path))
+                .header("content-type", FHIR_JSON)
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    /// Creates and returns the stored resource.
+    pub async fn create(&self, body: &Value) -> Value {
+        let rtype = body["resourceType"].as_str().expect("resourceType");
+        self.post(rtype, body).await.expect(201).json()
+    }
+
+    /// The ids of a searchset's `match` entries.
+    pub async fn search_ids(&self, query: &str) -> Vec<String> {
+        let b = self.get(query).await.expect(200).json();
+        b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+/// Declares one test per engine from one async body taking a `Gateway`.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($name:ident, |$gw:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            async fn scenario($gw: common::Gateway) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let gw = common::spawn(common::Engine::Sqlite).await.expect("sqlite");
+                scenario(gw).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(gw) = common::spawn(common::Engine::Postgres).await {
+                    scenario(gw).await;
+                }
+            }
+        }
+    };
+}
+
+/// An official R4 example from `../shared/data/fhir-r4-examples` (copied into tests/data).
+pub fn example(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/fhir-r4-examples")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("example JSON")
+}

@@ -1,0 +1,550 @@
+//! REST semantics over HTTP, on SQLite and PostgreSQL: versioning and preconditions,
+//! conditional operations, strict input, Prefer, negotiation.
+
+mod common;
+
+use serde_json::{Value, json};
+
+/// A Task with a decimal written `4.50` (parsed from text: `json!` would make it 4.5).
+fn task(status: &str) -> Value {
+    serde_json::from_str(&format!(
+        r#"{{
+        "resourceType": "Task",
+        "status": "{status}",
+        "intent": "order",
+        "code": {{"coding": [{{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}}]}},
+        "_status": {{"extension": [{{"url": "https://passerelle.dev/fhir/StructureDefinition/x", "valueString": "kept"}}]}},
+        "input": [{{"type": {{"text": "weight"}}, "valueDecimal": 4.50}}],
+        "authoredOn": "2026-11-23T10:00:00+01:00"
+    }}"#
+    ))
+    .unwrap()
+}
+
+on_both_engines!(create_read_update_delete_history, |gw| {
+    let created = gw.post("Task", &task("requested")).await.expect(201);
+    assert_eq!(created.header("etag").as_deref(), Some("W/\"1\""));
+    let body = created.json();
+    let id = body["id"].as_str().unwrap().to_owned();
+    let location = created.header("location").unwrap();
+    assert_eq!(location, format!("{}/Task/{id}/_history/1", gw.base));
+    assert!(created.header("last-modified").is_some());
+    // what the client sent comes back: decimals as written, primitive extensions
+    assert!(
+        created.text.contains(r#""valueDecimal":4.50"#),
+        "{}",
+        created.text
+    );
+    assert_eq!(body["_status"]["extension"][0]["valueString"], "kept");
+    assert_eq!(body["meta"]["versionId"], "1");
+
+    let read = gw.get(&format!("Task/{id}")).await.expect(200);
+    assert_eq!(read.json(), body);
+    assert_eq!(read.header("etag").as_deref(), Some("W/\"1\""));
+
+    let mut changed = body.clone();
+    changed["status"] = json!("received");
+    let updated = gw.put(&format!("Task/{id}"), &changed).await.expect(200);
+    assert_eq!(updated.header("etag").as_deref(), Some("W/\"2\""));
+    assert_eq!(updated.json()["status"], "received");
+
+    // an update that changes nothing makes no version
+    let same = gw
+        .put(&format!("Task/{id}"), &updated.json())
+        .await
+        .expect(200);
+    assert_eq!(same.header("etag").as_deref(), Some("W/\"2\""));
+
+    let v1 = gw
+        .get(&format!("Task/{id}/_history/1"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(v1["status"], "requested");
+    gw.get(&format!("Task/{id}/_history/9")).await.expect(404);
+
+    gw.delete(&format!("Task/{id}")).await.expect(200);
+    let gone = gw.get(&format!("Task/{id}")).await.expect(410);
+    assert!(gone.diagnostics().contains("deleted"));
+    gw.get("Task/does-not-exist").await.expect(404);
+
+    let hist = gw
+        .get(&format!("Task/{id}/_history"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(hist["type"], "history");
+    assert_eq!(hist["total"], 3);
+    let methods: Vec<&str> = hist["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["request"]["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(methods, ["DELETE", "PUT", "POST"]);
+    let type_hist = gw.get("Task/_history").await.expect(200).json();
+    assert_eq!(type_hist["total"], 3);
+    let sys = gw.get("_history?_count=1").await.expect(200).json();
+    assert_eq!(sys["entry"].as_array().unwrap().len(), 1);
+    assert!(
+        sys["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next")
+    );
+
+    // re-created after deletion: a new version, 201
+    let mut again = body.clone();
+    again["status"] = json!("ready");
+    gw.put(&format!("Task/{id}"), &again).await.expect(201);
+    assert_eq!(
+        gw.get(&format!("Task/{id}")).await.expect(200).json()["meta"]["versionId"],
+        "4"
+    );
+});
+
+on_both_engines!(update_as_create_and_id_rules, |gw| {
+    let mut p = json!({"resourceType": "Patient", "id": "pat-1", "name": [{"family": "Martin"}]});
+    let r = gw.put("Patient/pat-1", &p).await.expect(201);
+    assert_eq!(r.json()["id"], "pat-1");
+    p["id"] = json!("other");
+    let e = gw.put("Patient/pat-1", &p).await.expect(400);
+    assert!(
+        e.diagnostics().contains("does not match"),
+        "{}",
+        e.diagnostics()
+    );
+    let mut no_id = p.clone();
+    no_id.as_object_mut().unwrap().remove("id");
+    gw.put("Patient/pat-1", &no_id).await.expect(400);
+    gw.put(
+        "Task/pat-1",
+        &json!({"resourceType": "Patient", "id": "pat-1"}),
+    )
+    .await
+    .expect(400);
+    gw.put("Patient/bad_id!", &p).await.expect(400);
+});
+
+on_both_engines!(if_match_guards_every_write, |gw| {
+    let t = gw.create(&task("requested")).await;
+    let id = t["id"].as_str().unwrap();
+    let url = gw.url(&format!("Task/{id}"));
+    let mut next = t.clone();
+    next["status"] = json!("received");
+    let stale = gw
+        .send(
+            gw.client
+                .put(&url)
+                .header("content-type", common::FHIR_JSON)
+                .header("if-match", "W/\"7\"")
+                .body(next.to_string()),
+        )
+        .await
+        .expect(412);
+    assert!(stale.diagnostics().contains("If-Match"));
+    assert_eq!(
+        gw.get(&format!("Task/{id}")).await.json()["status"],
+        "requested"
+    );
+    gw.send(
+        gw.client
+            .put(&url)
+            .header("content-type", common::FHIR_JSON)
+            .header("if-match", "W/\"1\"")
+            .body(next.to_string()),
+    )
+    .await
+    .expect(200);
+    // the second writer with the same version loses
+    gw.send(
+        gw.client
+            .put(&url)
+            .header("content-type", common::FHIR_JSON)
+            .header("if-match", "W/\"1\"")
+            .body(next.to_string()),
+    )
+    .await
+    .expect(412);
+    gw.send(gw.client.delete(&url).header("if-match", "W/\"1\""))
+        .await
+        .expect(412);
+    gw.send(gw.client.delete(&url).header("if-match", "W/\"2\""))
+        .await
+        .expect(200);
+});
+
+on_both_engines!(concurrent_if_match_has_one_winner, |gw| {
+    let t = gw.create(&task("requested")).await;
+    let id = t["id"].as_str().unwrap().to_owned();
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let client = gw.client.clone();
+        let url = gw.url(&format!("Task/{id}"));
+        let mut body = t.clone();
+        body["description"] = json!(format!("writer {i}"));
+        handles.push(tokio::spawn(async move {
+            client
+                .put(url)
+                .header("content-type", common::FHIR_JSON)
+                .header("if-match", "W/\"1\"")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for h in handles {
+        codes.push(h.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 1, "{codes:?}");
+    assert!(codes.iter().all(|c| *c == 200 || *c == 412), "{codes:?}");
+    assert_eq!(
+        gw.get(&format!("Task/{id}")).await.json()["meta"]["versionId"],
+        "2"
+    );
+});
+
+on_both_engines!(conditional_create_update_delete, |gw| {
+    let p = json!({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.10", "value": "1840399987654"}]});
+    let first = gw
+        .send(
+            gw.client
+                .post(gw.url("Patient"))
+                .header("content-type", common::FHIR_JSON)
+                .header(
+                    "if-none-exist",
+                    "identifier=urn:oid:1.2.250.1.213.1.4.10|1840399987654",
+                )
+                .body(p.to_string()),
+        )
+        .await
+        .expect(201);
+    let id = first.json()["id"].clone();
+    let second = gw
+        .send(
+            gw.client
+                .post(gw.url("Patient"))
+                .header("content-type", common::FHIR_JSON)
+                .header(
+                    "if-none-exist",
+                    "identifier=urn:oid:1.2.250.1.213.1.4.10|1840399987654",
+                )
+                .body(p.to_string()),
+        )
+        .await
+        .expect(200);
+    assert_eq!(second.json()["id"], id);
+    // the query-string form some clients send
+    let third = gw
+        .post(
+            "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|1840399987654",
+            &p,
+        )
+        .await
+        .expect(200);
+    assert_eq!(third.json()["id"], id);
+    // unknown criteria never widen a conditional operation
+    let e = gw
+        .send(
+            gw.client
+                .post(gw.url("Patient"))
+                .header("content-type", common::FHIR_JSON)
+                .header("if-none-exist", "identifer=x")
+                .body(p.to_string()),
+        )
+        .await
+        .expect(400);
+    assert!(e.diagnostics().contains("identifer"));
+    gw.create(&p).await;
+    // two matches now
+    gw.send(
+        gw.client
+            .post(gw.url("Patient"))
+            .header("content-type", common::FHIR_JSON)
+            .header(
+                "if-none-exist",
+                "identifier=urn:oid:1.2.250.1.213.1.4.10|1840399987654",
+            )
+            .body(p.to_string()),
+    )
+    .await
+    .expect(412);
+    gw.put(
+        "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|1840399987654",
+        &p,
+    )
+    .await
+    .expect(412);
+    gw.delete("Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|1840399987654")
+        .await
+        .expect(412);
+
+    // conditional update: no match creates, one match updates
+    let o = json!({"resourceType": "Organization", "identifier": [{"system": "https://finess.esante.gouv.fr", "value": "750712184"}], "name": "AP-HP"});
+    let c = gw
+        .put(
+            "Organization?identifier=https://finess.esante.gouv.fr|750712184",
+            &o,
+        )
+        .await
+        .expect(201);
+    let oid = c.json()["id"].as_str().unwrap().to_owned();
+    let mut o2 = o.clone();
+    o2["name"] = json!("Assistance Publique");
+    let u = gw
+        .put(
+            "Organization?identifier=https://finess.esante.gouv.fr|750712184",
+            &o2,
+        )
+        .await
+        .expect(200);
+    assert_eq!(u.json()["id"], oid.as_str());
+    gw.delete("Organization?identifier=https://finess.esante.gouv.fr|750712184")
+        .await
+        .expect(200);
+    gw.get(&format!("Organization/{oid}")).await.expect(410);
+});
+
+on_both_engines!(conditional_reads, |gw| {
+    let t = gw.create(&task("requested")).await;
+    let url = gw.url(&format!("Task/{}", t["id"].as_str().unwrap()));
+    gw.send(gw.client.get(&url).header("if-none-match", "W/\"1\""))
+        .await
+        .expect(304);
+    gw.send(gw.client.get(&url).header("if-none-match", "W/\"0\""))
+        .await
+        .expect(200);
+    let lm = gw.get(&url).await.header("last-modified").unwrap();
+    gw.send(gw.client.get(&url).header("if-modified-since", lm))
+        .await
+        .expect(304);
+    gw.send(
+        gw.client
+            .get(&url)
+            .header("if-modified-since", "Sat, 01 Jan 2000 00:00:00 GMT"),
+    )
+    .await
+    .expect(200);
+});
+
+on_both_engines!(prefer_return, |gw| {
+    let minimal = gw
+        .send(
+            gw.client
+                .post(gw.url("Task"))
+                .header("content-type", common::FHIR_JSON)
+                .header("prefer", "return=minimal")
+                .body(task("requested").to_string()),
+        )
+        .await
+        .expect(201);
+    assert!(minimal.text.is_empty());
+    assert!(minimal.header("location").is_some());
+    let oo = gw
+        .send(
+            gw.client
+                .post(gw.url("Task"))
+                .header("content-type", common::FHIR_JSON)
+                .header("prefer", "return=OperationOutcome")
+                .body(task("requested").to_string()),
+        )
+        .await
+        .expect(201);
+    assert_eq!(oo.json()["resourceType"], "OperationOutcome");
+});
+
+on_both_engines!(bad_input_is_refused_and_nothing_is_stored, |gw| {
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"resourceType": "Task", "status": "requested", "intent": "order", "bogus": 1}),
+            "Task.bogus",
+        ),
+        (
+            json!({"resourceType": "Task", "status": "nope", "intent": "order"}),
+            "Task.status",
+        ),
+        (
+            json!({"resourceType": "Task", "status": "requested", "intent": "order", "authoredOn": "2026-02-30"}),
+            "Task.authoredOn",
+        ),
+        (
+            json!({"resourceType": "Task", "status": "requested", "intent": "order", "input": [{"type": {"text": "x"}, "valueDecimal": "4.5"}]}),
+            "Task.input[0].valueDecimal",
+        ),
+        (
+            json!({"resourceType": "Task", "intent": "order"}),
+            "Task.status",
+        ),
+        (json!({"resourceType": "Patient"}), "resourceType"),
+    ];
+    for (body, at) in cases {
+        let a = gw.post("Task", &body).await.expect(400);
+        assert!(
+            a.diagnostics().contains(at),
+            "{at} not in {}",
+            a.diagnostics()
+        );
+    }
+    let not_json = gw
+        .send(
+            gw.client
+                .post(gw.url("Task"))
+                .header("content-type", common::FHIR_JSON)
+                .body("{\"resourceType\": "),
+        )
+        .await
+        .expect(400);
+    assert!(not_json.diagnostics().contains("JSON"));
+    let deep = format!("{}{}", "{\"a\":".repeat(200), "}".repeat(200));
+    gw.send(
+        gw.client
+            .post(gw.url("Task"))
+            .header("content-type", common::FHIR_JSON)
+            .body(deep),
+    )
+    .await
+    .expect(400);
+    let huge = format!(
+        "{{\"resourceType\":\"Task\",\"description\":\"{}\"}}",
+        "x".repeat(9 * 1024 * 1024)
+    );
+    gw.send(
+        gw.client
+            .post(gw.url("Task"))
+            .header("content-type", common::FHIR_JSON)
+            .body(huge),
+    )
+    .await
+    .expect(413);
+    gw.send(
+        gw.client
+            .post(gw.url("Task"))
+            .header("content-type", "text/plain")
+            .body("x"),
+    )
+    .await
+    .expect(415);
+    // fhirVersion parameters of both generations are accepted
+    for ct in [
+        "application/fhir+json; fhirVersion=4.0",
+        "application/json; fhirVersion=4.3",
+        "application/json",
+    ] {
+        gw.send(
+            gw.client
+                .post(gw.url("Task"))
+                .header("content-type", ct)
+                .body(task("draft").to_string()),
+        )
+        .await
+        .expect(201);
+    }
+    let count = gw.get("Task?_summary=count").await.expect(200).json();
+    assert_eq!(count["total"], 3, "only the three valid creates are stored");
+});
+
+on_both_engines!(negotiation_and_unknown_paths, |gw| {
+    gw.send(
+        gw.client
+            .get(gw.url("metadata"))
+            .header("accept", "application/fhir+xml"),
+    )
+    .await
+    .expect(406);
+    gw.get("metadata?_format=xml").await.expect(406);
+    let cs = gw
+        .send(
+            gw.client
+                .get(gw.url("metadata"))
+                .header("accept", "application/fhir+json"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        cs.header("content-type").as_deref(),
+        Some("application/fhir+json; charset=utf-8")
+    );
+    assert_eq!(cs.json()["fhirVersion"], "4.0.1");
+    let pretty = gw.get("metadata?_pretty=true").await.expect(200);
+    assert!(pretty.text.contains("\n  "));
+    gw.get("Foo").await.expect(404);
+    gw.get("Foo/1").await.expect(404);
+    gw.send(
+        gw.client
+            .put(gw.url("AuditEvent/1"))
+            .header("content-type", common::FHIR_JSON)
+            .body(json!({"resourceType": "AuditEvent", "id": "1"}).to_string()),
+    )
+    .await
+    .expect(405);
+    gw.post(
+        "StructureDefinition",
+        &json!({"resourceType": "StructureDefinition"}),
+    )
+    .await
+    .expect(405);
+});
+
+on_both_engines!(validate_operation, |gw| {
+    let ok = gw
+        .post("Task/$validate", &task("requested"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(ok["issue"][0]["severity"], "information");
+    let bad = gw
+        .post(
+            "Task/$validate",
+            &json!({"resourceType": "Task", "status": "x", "intent": "order"}),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(bad["issue"][0]["severity"], "error");
+    assert_eq!(bad["issue"][0]["expression"][0], "Task.status");
+    let params = json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": task("requested")}]});
+    gw.post("Task/$validate", &params).await.expect(200);
+    // nothing was stored
+    assert_eq!(gw.get("Task?_summary=count").await.json()["total"], 0);
+});
+
+on_both_engines!(operations_endpoints, |gw| {
+    let root = gw.base.trim_end_matches("/fhir").to_owned();
+    let h = gw
+        .send(gw.client.get(format!("{root}/health")))
+        .await
+        .expect(200);
+    assert_eq!(h.text, "ok");
+    gw.send(gw.client.get(format!("{root}/ready")))
+        .await
+        .expect(200);
+    gw.get("Task?_count=1").await.expect(200);
+    let m = gw
+        .send(gw.client.get(format!("{root}/metrics")))
+        .await
+        .expect(200);
+    assert!(
+        m.text
+            .contains("passerelle_http_requests_total{method=\"GET\",status=\"2xx\"}"),
+        "{}",
+        m.text
+    );
+    assert!(m.text.contains("passerelle_db_pool_connections"));
+    let id = gw
+        .send(
+            gw.client
+                .get(format!("{root}/health"))
+                .header("x-request-id", "abc-123"),
+        )
+        .await;
+    assert_eq!(id.header("x-request-id").as_deref(), Some("abc-123"));
+    gw.send(gw.client.get(format!("{root}/nothing")))
+        .await
+        .expect(404);
+});
