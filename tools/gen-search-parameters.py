@@ -14,7 +14,7 @@ SERVED = ["Patient", "Practitioner", "PractitionerRole", "Organization", "Health
           "Location", "ServiceRequest", "Task", "QuestionnaireResponse", "Questionnaire",
           "Communication", "DocumentReference", "Binary", "Provenance", "AuditEvent", "Subscription",
           "CapabilityStatement", "StructureDefinition", "SearchParameter", "OperationDefinition",
-          "CodeSystem", "ValueSet"]
+          "CodeSystem", "ValueSet", "Encounter", "Endpoint", "CommunicationRequest", "Bundle"]
 
 src = sys.argv[1]
 bundle = json.load(open(f"{src}/search-parameters.json"))

@@ -532,9 +532,13 @@ pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
             "Bundle.type",
         ));
     }
-    let issues = super::validate::validate_resource(fhir.model, &bundle);
-    if !issues.is_empty() {
-        return Err(Error::Invalid(issues));
+    // A transaction fails whole on any bad resource, so check them all first; a batch
+    // entry fails alone, when it runs.
+    if kind == "transaction" {
+        let issues = super::validate::validate_resource(fhir.model, &bundle);
+        if !issues.is_empty() {
+            return Err(Error::Invalid(issues));
+        }
     }
     let entries = entry_requests(fhir, &bundle)?;
     let with_resource = true;
@@ -758,7 +762,10 @@ fn rewrite_references(
                     {
                         if let Some(new) = ids.get(r.as_str()) {
                             *r = new.clone();
-                        } else if r.contains('?') && !r.contains("://") {
+                        } else if r.split_once('?').is_some_and(|(t, _)| {
+                            t.starts_with(|c: char| c.is_ascii_uppercase())
+                                && t.bytes().all(|b| b.is_ascii_alphabetic())
+                        }) {
                             pending.push((path.clone(), r.clone()));
                         }
                     } else {

@@ -251,18 +251,16 @@ impl Validator<'_> {
             }
             return;
         }
-        if ty == "Resource" {
-            self.resource(value, at, depth);
-            return;
-        }
         let Some(def) = self.model.get(ty) else {
             return;
         };
+        if def.kind == Kind::Resource {
+            // `Resource`, or a resource type named as an element's type
+            self.resource(value, at, depth);
+            return;
+        }
         match value {
-            Value::Object(o) => {
-                debug_assert!(def.kind != Kind::Resource);
-                self.object(def, o, at, depth, false)
-            }
+            Value::Object(o) => self.object(def, o, at, depth, false),
             _ => self.err("structure", format!("expected an object ({ty})"), at),
         }
     }

@@ -20,6 +20,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -41,6 +42,8 @@ pub enum StoreError {
     Migration { version: i64, message: String },
     #[error("the database writer has stopped")]
     WriterGone,
+    #[error("a write job panicked")]
+    JobPanicked,
     #[error("cannot open database {url}: {message}")]
     Open { url: String, message: String },
 }
@@ -409,13 +412,23 @@ async fn run_in_savepoint(
             conn: Conn::Sqlite(&mut *conn),
             now,
         };
-        run(&mut tx).await
+        // A panicking job must not take the writer (and every later write) down with it.
+        match std::panic::AssertUnwindSafe(run(&mut tx))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => Ok(outcome),
+            Err(_) => {
+                tracing::error!("a write job panicked; its changes are rolled back");
+                Err(StoreError::JobPanicked)
+            }
+        }
     };
-    if outcome.is_err() {
+    if !matches!(outcome, Ok(Ok(_))) {
         sqlx::raw_sql("ROLLBACK TO job").execute(&mut *conn).await?;
     }
     sqlx::raw_sql("RELEASE job").execute(&mut *conn).await?;
-    Ok(outcome)
+    outcome
 }
 
 /// A connection of either engine. The SQL below is written once: `$n` placeholders and the
