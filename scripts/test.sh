@@ -18,4 +18,11 @@ PY
   fi
 fi
 
+# A real third-party FHIR client (Python fhirpy) for tests/process.rs.
+if ! target/pyenv/bin/python -c "import fhirpy" 2>/dev/null; then
+  mkdir -p target
+  python3 -m venv target/pyenv
+  target/pyenv/bin/pip install --quiet --disable-pip-version-check fhirpy==2.3.1
+fi
+
 cargo test --locked --all-targets "$@"

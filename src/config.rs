@@ -87,7 +87,8 @@ impl Config {
         for (name, value) in env {
             let key = match name.as_str() {
                 "DATABASE_URL" => "database_url".to_owned(),
-                "PASSERELLE_CONFIG" => continue,
+                // the file itself, and the log filter (read by the logger, not configuration)
+                "PASSERELLE_CONFIG" | "PASSERELLE_LOG" => continue,
                 n => match n.strip_prefix("PASSERELLE_") {
                     Some(rest) => rest.to_ascii_lowercase(),
                     None => continue,

@@ -33,6 +33,8 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot publish the conformance resources: {0}")]
+    Publish(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,8 +71,12 @@ impl App {
                 max_count: config.max_page_size,
             },
         )?;
+        let fhir = Arc::new(fhir);
+        crate::fhir::conformance::publish(&fhir)
+            .await
+            .map_err(|e| ServeError::Publish(e.to_string()))?;
         Ok(App {
-            fhir: Arc::new(fhir),
+            fhir,
             metrics: Arc::new(Metrics::default()),
             store,
         })

@@ -82,6 +82,10 @@ for r in resources:
     if "searchRevInclude" in r:
         r["searchRevInclude"] = sorted(targets.get(r["type"], []))
 
+for r in resources:
+    for k in [k for k, v in r.items() if v == []]:
+        del r[k]
+
 cs = {
     "resourceType": "CapabilityStatement",
     "id": "passerelle",

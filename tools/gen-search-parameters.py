@@ -69,6 +69,8 @@ for e in bundle["entry"]:
     keep["base"] = bases
     if expr:
         keep["expression"] = expr
+    # FHIR forbids empty arrays and strings
+    keep = {k: v for k, v in keep.items() if v not in ([], "")}
     if "target" in keep:
         keep["target"] = [t for t in keep["target"]]
     out["entry"].append({"fullUrl": sp["url"], "resource": keep})

@@ -9,6 +9,7 @@
 //! - [`rest`]: the HTTP edge (negotiation, headers, errors as OperationOutcome).
 
 pub mod bundle;
+pub mod conformance;
 pub mod error;
 pub mod interaction;
 pub mod json;
@@ -28,20 +29,22 @@ use search::registry::{Registry, RegistryError};
 
 /// The conformance data shipped in `conformance/`, compiled in.
 const CAPABILITY: &str = include_str!("../../conformance/CapabilityStatement.json");
-const SEARCH_PARAMETERS: &[(&str, &str)] = &[(
+pub(crate) const SEARCH_PARAMETERS: &[(&str, &str)] = &[(
     "search-parameters-r4.json",
     include_str!("../../conformance/search-parameters-r4.json"),
 )];
 
+pub(crate) fn parse_conformance(file: &str, text: &str) -> Result<Value, RegistryError> {
+    serde_json::from_str::<Value>(text).map_err(|e| RegistryError::File {
+        file: file.to_owned(),
+        message: e.to_string(),
+    })
+}
+
 impl Fhir {
     /// Builds the FHIR service; fails if the conformance files are inconsistent.
     pub fn new(store: Store, base: String, paging: Paging) -> Result<Fhir, RegistryError> {
-        let parse = |file: &str, text: &str| {
-            serde_json::from_str::<Value>(text).map_err(|e| RegistryError::File {
-                file: file.to_owned(),
-                message: e.to_string(),
-            })
-        };
+        let parse = parse_conformance;
         let capability = parse("CapabilityStatement.json", CAPABILITY)?;
         let defs: Vec<(&str, Value)> = SEARCH_PARAMETERS
             .iter()

@@ -304,3 +304,75 @@ pub fn example(name: &str) -> Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("example JSON")
 }
+
+/// The gateway as a separate process (the real binary), for tests that kill it or drive it
+/// from another program.
+pub struct Process {
+    pub child: std::process::Child,
+    pub base: String,
+    pub database_url: String,
+    pub port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Process {
+    pub async fn start(database_url: &str) -> Process {
+        Self::start_on(database_url, free_port()).await
+    }
+
+    pub async fn start_on(database_url: &str, port: u16) -> Process {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("PASSERELLE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PASSERELLE_LOG", "warn")
+            .env_remove("PASSERELLE_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start passerelle");
+        let mut p = Process {
+            child,
+            base: format!("http://127.0.0.1:{port}/fhir"),
+            database_url: database_url.to_owned(),
+            port,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    /// Polls `/ready` (bounded: 30 s) — start-up time is not what is under test.
+    async fn wait_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/ready", self.port);
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("passerelle exited at start: {status}");
+            }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("passerelle did not become ready at {url}");
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,58 @@
+//! The conformance resources (`conformance/`, and later `profiles/`) served read-only
+//! through the API: written into the store at start, through the ordinary update path, so
+//! an unchanged file makes no new version.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::error::{Error, Result};
+use super::interaction::{self, Fhir};
+use super::{SEARCH_PARAMETERS, parse_conformance};
+
+/// Every conformance resource the server publishes, as (type, id, resource).
+fn resources(fhir: &Fhir) -> Result<Vec<(String, String, Value)>> {
+    let mut out = Vec::new();
+    let cs = fhir.capability.clone();
+    out.push((
+        "CapabilityStatement".to_owned(),
+        "passerelle".to_owned(),
+        cs,
+    ));
+    for (file, text) in SEARCH_PARAMETERS {
+        let bundle = parse_conformance(file, text)
+            .map_err(|e| Error::invalid("exception", e.to_string()))?;
+        for e in bundle["entry"].as_array().into_iter().flatten() {
+            let r = e["resource"].clone();
+            if let Some(id) = r["id"].as_str() {
+                out.push(("SearchParameter".to_owned(), id.to_owned(), r.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the conformance resources (one transaction; a no-op when nothing changed).
+pub async fn publish(fhir: &Arc<Fhir>) -> Result<usize> {
+    let all = resources(fhir)?;
+    let f = fhir.clone();
+    fhir.store
+        .write(move |tx| {
+            Box::pin(async move {
+                // Two gateways starting together against one PostgreSQL take turns.
+                tx.lock_type("CapabilityStatement").await?;
+                let mut written = 0;
+                for (rtype, id, mut body) in all {
+                    body["id"] = Value::String(id.clone());
+                    let r = interaction::update(&f, tx, &rtype, &id, Some(body), None, "PUT")
+                        .await
+                        .map_err(|e| Error::invalid("exception", format!("{rtype}/{id}: {e}")))?;
+                    if r.status == axum::http::StatusCode::CREATED || r.version != Some(1) {
+                        written += 1;
+                    }
+                }
+                Ok::<_, Error>(written)
+            })
+        })
+        .await
+}
