@@ -270,7 +270,6 @@ on_both_engines!(
                     _ => continue,
                 };
                 let code = key.split_once('.').unwrap().1;
-                let code = code.replace(":identifier", ":identifier");
                 let url = format!(
                     "{rtype}?{code}={}&_id={id}",
                     urlencode(&query.replace(',', "\\,"))
