@@ -153,3 +153,85 @@ async fn fhirpy_drives_the_gateway() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// SIGTERM: the server stops accepting, finishes what it has, exits 0; nothing answered is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_under_way() {
+    let (url, _guard) = common::fresh_database(common::Engine::Sqlite)
+        .await
+        .unwrap();
+    let mut server = common::Process::start(&url).await;
+    let base = server.base.clone();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let base = base.clone();
+        writers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut ok = Vec::new();
+            for i in 0..400 {
+                let body = json!({"resourceType": "Task", "status": "requested", "intent": "order", "description": format!("{w}-{i}")});
+                match client.post(format!("{base}/Task")).header("content-type", "application/fhir+json").body(body.to_string()).send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        // an answer that started must arrive whole
+                        let v: serde_json::Value = r.json().await.expect("a complete body");
+                        assert_eq!(status, 201, "{v}");
+                        ok.push(v["id"].as_str().unwrap().to_owned());
+                    }
+                    Err(_) => break,
+                }
+            }
+            ok
+        }));
+    }
+    let client = reqwest::Client::new();
+    for _ in 0..2000 {
+        let n = match client
+            .get(format!("{base}/Task?_summary=count"))
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["total"].as_i64())
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if n >= 100 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let pid = server.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || {
+        let s = server.child.wait();
+        (server, s)
+    })
+    .await
+    .unwrap();
+    let (_server, exit) = status;
+    assert!(
+        exit.unwrap().success(),
+        "passerelle did not exit cleanly on SIGTERM"
+    );
+    let mut ok = Vec::new();
+    for w in writers {
+        ok.extend(w.await.unwrap());
+    }
+    let restarted = common::Process::start(&url).await;
+    for id in &ok {
+        let r = client
+            .get(format!("{}/Task/{id}", restarted.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "Task/{id} answered 201 but lost");
+    }
+}

@@ -376,3 +376,30 @@ on_both_engines!(unknown_parameters_are_reported_or_refused, |gw| {
     gw.get("Task?_sort=nope").await.expect(200);
     gw.get("Task?status:text=x").await.expect(400);
 });
+
+on_both_engines!(include_iterate_follows_organisation_hierarchy, |gw| {
+    let ej = gw
+        .create(&json!({"resourceType": "Organization", "name": "EJ AP-HP"}))
+        .await;
+    let eg = gw
+        .create(&json!({"resourceType": "Organization", "name": "EG Bichat", "partOf": {"reference": format!("Organization/{}", ej["id"].as_str().unwrap())}}))
+        .await;
+    let service = gw
+        .create(&json!({"resourceType": "Organization", "name": "Pôle gériatrie", "partOf": {"reference": format!("Organization/{}", eg["id"].as_str().unwrap())}}))
+        .await;
+    let unit = gw
+        .create(&json!({"resourceType": "HealthcareService", "name": "SMR", "providedBy": {"reference": format!("Organization/{}", service["id"].as_str().unwrap())}}))
+        .await;
+    let q = format!(
+        "HealthcareService?_id={}&_include=HealthcareService:organization&_include:iterate=Organization:partof",
+        unit["id"].as_str().unwrap()
+    );
+    let b = gw.get(&q).await.expect(200).json();
+    assert_eq!(count(&b, "include"), 3, "service, EG and EJ");
+    let q = format!(
+        "HealthcareService?_id={}&_include=HealthcareService:organization&_include=Organization:partof",
+        unit["id"].as_str().unwrap()
+    );
+    // without :iterate an include applies to the matches only
+    assert_eq!(count(&gw.get(&q).await.json(), "include"), 1);
+});
