@@ -634,6 +634,7 @@ async fn transaction(
             (&Method::POST, Route::Type(t)) => {
                 let mut found = None;
                 if let Some(c) = &e.req.if_none_exist {
+                    tx.lock_type(t).await?;
                     let criteria: Vec<(String, String)> = form_urlencoded::parse(c.as_bytes())
                         .map(|(k, v)| (k.into_owned(), v.into_owned()))
                         .collect();

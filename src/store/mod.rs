@@ -291,23 +291,27 @@ impl Store {
                 }
             }
             Backend::Postgres { pool } => {
-                let mut c = pool.acquire().await.map_err(StoreError::from)?;
-                sqlx::raw_sql("BEGIN")
-                    .execute(&mut *c)
-                    .await
-                    .map_err(StoreError::from)?;
+                // sqlx's Transaction rolls back if dropped unfinished (a panic, a cancelled
+                // request), so no connection goes back to the pool inside a transaction.
+                let mut t = pool.begin().await.map_err(StoreError::from)?;
                 let now = to_millis_precision(self.inner.clock.now());
-                let mut tx = Tx {
-                    conn: Conn::Pg(&mut c),
-                    now,
+                let out = {
+                    let mut tx = Tx {
+                        conn: Conn::Pg(&mut t),
+                        now,
+                    };
+                    f(&mut tx).await
                 };
-                let out = f(&mut tx).await;
-                let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
-                sqlx::raw_sql(end)
-                    .execute(&mut *c)
-                    .await
-                    .map_err(StoreError::from)?;
-                out
+                match out {
+                    Ok(v) => {
+                        t.commit().await.map_err(StoreError::from)?;
+                        Ok(v)
+                    }
+                    Err(e) => {
+                        t.rollback().await.map_err(StoreError::from)?;
+                        Err(e)
+                    }
+                }
             }
         }
     }
