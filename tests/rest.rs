@@ -30,8 +30,9 @@ on_both_engines!(create_read_update_delete_history, |gw| {
     assert_eq!(location, format!("{}/Task/{id}/_history/1", gw.base));
     assert!(created.header("last-modified").is_some());
     // what the client sent comes back: decimals as written, primitive extensions
-    assert!(
-        created.text.contains(r#""valueDecimal":4.50"#),
+    assert_eq!(
+        body["input"][0]["valueDecimal"].to_string(),
+        "4.50",
         "{}",
         created.text
     );
@@ -450,14 +451,59 @@ on_both_engines!(bad_input_is_refused_and_nothing_is_stored, |gw| {
 });
 
 on_both_engines!(negotiation_and_unknown_paths, |gw| {
-    gw.send(
-        gw.client
-            .get(gw.url("metadata"))
-            .header("accept", "application/fhir+xml"),
-    )
-    .await
-    .expect(406);
-    gw.get("metadata?_format=xml").await.expect(406);
+    // XML and JSON, by Accept (with q-values) or _format; anything else is 406
+    let xml = gw
+        .send(
+            gw.client
+                .get(gw.url("metadata"))
+                .header("accept", "application/fhir+xml"),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        xml.header("content-type").as_deref(),
+        Some("application/fhir+xml; charset=utf-8")
+    );
+    assert!(
+        xml.text.starts_with("<?xml")
+            && xml
+                .text
+                .contains("<CapabilityStatement xmlns=\"http://hl7.org/fhir\">")
+    );
+    assert_eq!(xml.json()["fhirVersion"], "4.0.1");
+    let x = gw
+        .send(gw.client.get(gw.url("metadata?_format=xml")))
+        .await
+        .expect(200);
+    assert!(x.text.starts_with("<?xml"));
+    let q = gw
+        .send(gw.client.get(gw.url("metadata")).header(
+            "accept",
+            "application/fhir+json;q=0.5, application/fhir+xml",
+        ))
+        .await
+        .expect(200);
+    assert!(q.text.starts_with("<?xml"), "the higher q wins");
+    let refused = gw
+        .send(
+            gw.client
+                .get(gw.url("metadata"))
+                .header("accept", "application/pdf"),
+        )
+        .await
+        .expect(406);
+    assert!(refused.diagnostics().contains("application/pdf"));
+    gw.get("metadata?_format=turtle").await.expect(406);
+    // errors come back in the format asked for
+    let e = gw
+        .send(
+            gw.client
+                .get(gw.url("Task/nope"))
+                .header("accept", "application/fhir+xml"),
+        )
+        .await
+        .expect(404);
+    assert!(e.text.contains("<OperationOutcome"), "{}", e.text);
     let cs = gw
         .send(
             gw.client
@@ -547,4 +593,131 @@ on_both_engines!(operations_endpoints, |gw| {
     gw.send(gw.client.get(format!("{root}/nothing")))
         .await
         .expect(404);
+});
+
+on_both_engines!(json_patch_and_fhirpath_patch, |gw| {
+    let t = gw.create(&task("requested")).await;
+    let id = t["id"].as_str().unwrap().to_owned();
+    let url = gw.url(&format!("Task/{id}"));
+    let json_patch = |body: Value, etag: Option<&str>| {
+        let mut r = gw
+            .client
+            .patch(&url)
+            .header("content-type", "application/json-patch+json")
+            .body(body.to_string());
+        if let Some(e) = etag {
+            r = r.header("if-match", e);
+        }
+        r
+    };
+    // JSON Patch with the right version
+    let a = gw
+        .send(json_patch(
+            json!([{"op": "replace", "path": "/status", "value": "received"},
+            {"op": "add", "path": "/businessStatus", "value": {"text": "lue"}}]),
+            Some("W/\"1\""),
+        ))
+        .await
+        .expect(200);
+    assert_eq!(a.header("etag").as_deref(), Some("W/\"2\""));
+    let v = a.json();
+    assert_eq!(
+        (v["status"].as_str(), v["businessStatus"]["text"].as_str()),
+        (Some("received"), Some("lue"))
+    );
+    // a stale version, a failing test op, a result the model refuses: nothing changes
+    gw.send(json_patch(
+        json!([{"op": "replace", "path": "/status", "value": "accepted"}]),
+        Some("W/\"1\""),
+    ))
+    .await
+    .expect(412);
+    gw.send(json_patch(
+        json!([{"op": "test", "path": "/status", "value": "draft"}]),
+        None,
+    ))
+    .await
+    .expect(422);
+    let bad = gw
+        .send(json_patch(
+            json!([{"op": "replace", "path": "/status", "value": "nope"}]),
+            None,
+        ))
+        .await
+        .expect(422);
+    assert!(
+        bad.diagnostics().contains("Task.status"),
+        "{}",
+        bad.diagnostics()
+    );
+    gw.send(json_patch(json!({"op": "replace"}), None))
+        .await
+        .expect(400);
+    gw.send(json_patch(
+        json!([{"op": "replace", "path": "/id", "value": "other"}]),
+        None,
+    ))
+    .await
+    .expect(422);
+    assert_eq!(
+        gw.get(&format!("Task/{id}")).await.json()["meta"]["versionId"],
+        "2"
+    );
+
+    // FHIRPath Patch (a Parameters resource)
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "operation", "part": [
+            {"name": "type", "valueCode": "replace"},
+            {"name": "path", "valueString": "Task.status"},
+            {"name": "value", "valueCode": "accepted"}]},
+        {"name": "operation", "part": [
+            {"name": "type", "valueCode": "add"},
+            {"name": "path", "valueString": "Task"},
+            {"name": "name", "valueString": "note"},
+            {"name": "value", "part": [{"name": "text", "valueString": "date proposée"}]}]}
+    ]});
+    let body = match gw.format {
+        common::Format::Json => params.to_string(),
+        common::Format::Xml => {
+            passerelle::fhir::xml::to_xml(passerelle::fhir::model::Model::r4(), &params).unwrap()
+        }
+    };
+    let ct = match gw.format {
+        common::Format::Json => common::FHIR_JSON,
+        common::Format::Xml => common::FHIR_XML,
+    };
+    let p = gw
+        .send(
+            gw.client
+                .patch(&url)
+                .header("content-type", ct)
+                .header("if-match", "W/\"2\"")
+                .body(body),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(p["status"], "accepted");
+    assert_eq!(p["note"][0]["text"], "date proposée");
+    // conditional patch
+    let cond = gw
+        .send(
+            gw.client
+                .patch(gw.url(&format!("Task?_id={id}")))
+                .header("content-type", "application/json-patch+json")
+                .body(
+                    json!([{"op": "replace", "path": "/status", "value": "completed"}]).to_string(),
+                ),
+        )
+        .await
+        .expect(200);
+    assert_eq!(cond.json()["status"], "completed");
+    gw.send(
+        gw.client
+            .patch(gw.url("Task?_id=missing"))
+            .header("content-type", "application/json-patch+json")
+            .body("[]"),
+    )
+    .await
+    .expect(404);
 });

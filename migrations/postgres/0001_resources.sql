@@ -9,6 +9,8 @@ CREATE TABLE resources (
     UNIQUE (rtype, id)
 );
 CREATE INDEX resources_type_updated ON resources (rtype, last_updated);
+-- the default search order (rid) within a type, without a sort
+CREATE INDEX resources_type_rid ON resources (rtype, rid);
 
 CREATE TABLE versions (
     rid          BIGINT NOT NULL,
@@ -23,24 +25,24 @@ CREATE INDEX versions_updated ON versions (last_updated);
 -- Search index of the current version. `param` is `Type.code`.
 CREATE TABLE idx_string (rid BIGINT NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);
 CREATE INDEX idx_string_lookup ON idx_string (param, norm text_pattern_ops);
-CREATE INDEX idx_string_rid ON idx_string (rid);
+CREATE INDEX idx_string_rid ON idx_string (rid, param);
 
 CREATE TABLE idx_token (rid BIGINT NOT NULL, param TEXT NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL);
 CREATE INDEX idx_token_lookup ON idx_token (param, code, system);
-CREATE INDEX idx_token_rid ON idx_token (rid);
+CREATE INDEX idx_token_rid ON idx_token (rid, param);
 
 CREATE TABLE idx_reference (rid BIGINT NOT NULL, param TEXT NOT NULL, target_type TEXT NOT NULL, target_id TEXT NOT NULL);
 CREATE INDEX idx_reference_lookup ON idx_reference (param, target_id, target_type);
-CREATE INDEX idx_reference_rid ON idx_reference (rid);
+CREATE INDEX idx_reference_rid ON idx_reference (rid, param);
 
 CREATE TABLE idx_date (rid BIGINT NOT NULL, param TEXT NOT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL);
 CREATE INDEX idx_date_lookup ON idx_date (param, lo);
-CREATE INDEX idx_date_rid ON idx_date (rid);
+CREATE INDEX idx_date_rid ON idx_date (rid, param);
 
 CREATE TABLE idx_number (rid BIGINT NOT NULL, param TEXT NOT NULL, lo DOUBLE PRECISION NOT NULL, hi DOUBLE PRECISION NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL);
 CREATE INDEX idx_number_lookup ON idx_number (param, lo);
-CREATE INDEX idx_number_rid ON idx_number (rid);
+CREATE INDEX idx_number_rid ON idx_number (rid, param);
 
 CREATE TABLE idx_uri (rid BIGINT NOT NULL, param TEXT NOT NULL, value TEXT NOT NULL);
 CREATE INDEX idx_uri_lookup ON idx_uri (param, value);
-CREATE INDEX idx_uri_rid ON idx_uri (rid);
+CREATE INDEX idx_uri_rid ON idx_uri (rid, param);

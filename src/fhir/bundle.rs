@@ -571,15 +571,16 @@ pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
             .map(|r| response_entry(fhir, r, with_resource))
             .collect()
     };
-    Ok(Resp::json(
-        StatusCode::OK,
-        json!({
-            "resourceType": "Bundle",
-            "id": interaction::new_id(),
-            "type": format!("{kind}-response"),
-            "entry": responses,
-        }),
-    ))
+    let mut out = json!({
+        "resourceType": "Bundle",
+        "id": interaction::new_id(),
+        "type": format!("{kind}-response"),
+    });
+    // FHIR has no empty arrays
+    if !responses.is_empty() {
+        out["entry"] = Value::Array(responses);
+    }
+    Ok(Resp::json(StatusCode::OK, out))
 }
 
 /// Processing order of a transaction (FHIR R4 http.html#trules).

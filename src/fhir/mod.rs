@@ -19,6 +19,7 @@ pub mod reference;
 pub mod rest;
 pub mod search;
 pub mod validate;
+pub mod xml;
 
 use serde_json::Value;
 

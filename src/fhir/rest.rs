@@ -18,6 +18,40 @@ use super::search::Summary;
 use crate::time::{http_date, parse_http_date};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+pub const FHIR_XML: &str = "application/fhir+xml; charset=utf-8";
+
+/// The two wire formats of FHIR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
+}
+
+impl Format {
+    /// A MIME type (or `_format` value) this server reads and writes.
+    fn from_mime(mime: &str) -> Option<Format> {
+        match mime.trim().to_ascii_lowercase().as_str() {
+            "json"
+            | "application/json"
+            | "application/fhir+json"
+            | "application/json+fhir"
+            | "text/json" => Some(Format::Json),
+            "xml"
+            | "application/xml"
+            | "application/fhir+xml"
+            | "application/xml+fhir"
+            | "text/xml" => Some(Format::Xml),
+            _ => None,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => FHIR_JSON,
+            Format::Xml => FHIR_XML,
+        }
+    }
+}
 
 /// What the handler needs besides the FHIR service.
 pub struct Edge {
@@ -27,6 +61,7 @@ pub struct Edge {
 
 /// How the response is written.
 struct Output {
+    format: Format,
     pretty: bool,
     summary: Option<Summary>,
     elements: Option<Vec<String>>,
@@ -34,17 +69,23 @@ struct Output {
 }
 
 pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
+    // Errors go back in the format the client asked for, when it asked for one we speak.
+    let format = response_format(&request).unwrap_or(Format::Json);
     match handle_inner(&edge, request).await {
         Ok(r) => r,
-        Err(e) => error_response(&e),
+        Err(e) => error_response_in(&e, format),
     }
 }
 
 pub fn error_response(e: &Error) -> Response {
+    error_response_in(e, Format::Json)
+}
+
+fn error_response_in(e: &Error, format: Format) -> Response {
     if let Error::Store(inner) = e {
         tracing::error!(error = %inner, "storage error");
     }
-    let mut resp = json_response(e.status(), &outcome(&e.issues()), false);
+    let mut resp = value_response(e.status(), &outcome(&e.issues()), format, false);
     if e.status() == StatusCode::METHOD_NOT_ALLOWED {
         resp.headers_mut().insert(
             header::ALLOW,
@@ -54,20 +95,35 @@ pub fn error_response(e: &Error) -> Response {
     resp
 }
 
-fn json_response(status: StatusCode, v: &Value, pretty: bool) -> Response {
-    let text = if pretty {
-        serde_json::to_string_pretty(v)
-    } else {
-        serde_json::to_string(v)
+/// Writes a resource (or Bundle, OperationOutcome…) in `format`.
+fn value_response(status: StatusCode, v: &Value, format: Format, pretty: bool) -> Response {
+    let model = super::model::Model::r4();
+    let text = match (format, pretty) {
+        (Format::Json, false) => serde_json::to_string(v).map_err(|e| e.to_string()),
+        (Format::Json, true) => serde_json::to_string_pretty(v).map_err(|e| e.to_string()),
+        (Format::Xml, false) => super::xml::to_xml(model, v).map_err(|e| e.to_string()),
+        (Format::Xml, true) => super::xml::to_xml_pretty(model, v).map_err(|e| e.to_string()),
+    };
+    match text {
+        Ok(t) => text_response(status, t, format),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the response");
+            let oo = outcome(&[Issue::error("exception", "cannot write the response")]);
+            text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::to_string(&oo).unwrap_or_default(),
+                Format::Json,
+            )
+        }
     }
-    .unwrap_or_default();
-    text_response(status, text)
 }
 
-fn text_response(status: StatusCode, text: String) -> Response {
+fn text_response(status: StatusCode, text: String, format: Format) -> Response {
     let mut r = (status, text).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     r
 }
 
@@ -75,35 +131,70 @@ fn header_str<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// JSON is served; XML comes with the XML work, anything else is 406.
-fn negotiate(format: Option<&str>, accept: Option<&str>) -> Result<(), Error> {
+/// The response format: `_format` wins over `Accept`; `Accept` ranges are taken by `q`
+/// then order; no preference means JSON. `Err` (406) when nothing acceptable is served.
+fn negotiate(format: Option<&str>, accept: Option<&str>) -> Result<Format, Error> {
     if let Some(f) = format {
-        return match f {
-            "json" | "application/json" | "application/fhir+json" | "text/json" => Ok(()),
-            _ => Err(Error::NotAcceptable(format!(
-                "_format `{f}` is not served (json)"
-            ))),
-        };
+        return Format::from_mime(f).ok_or_else(|| {
+            Error::NotAcceptable(format!("_format `{f}` is not served (json, xml)"))
+        });
     }
-    let Some(accept) = accept else { return Ok(()) };
-    let ok = accept.split(',').any(|part| {
-        let mime = part.split(';').next().unwrap_or("").trim();
-        matches!(
-            mime,
-            "" | "*/*"
-                | "application/*"
-                | "application/json"
-                | "application/fhir+json"
-                | "application/json+fhir"
-                | "text/json"
-        )
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return Ok(Format::Json);
+    };
+    let mut ranges: Vec<(f32, usize, &str)> = Vec::new();
+    for (i, part) in accept.split(',').enumerate() {
+        let mut pieces = part.split(';');
+        let mime = pieces.next().unwrap_or("").trim();
+        let q = pieces
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if q > 0.0 {
+            ranges.push((q, i, mime));
+        }
+    }
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, _, mime) in ranges {
+        if let Some(f) = Format::from_mime(mime) {
+            return Ok(f);
+        }
+        if matches!(mime, "*/*" | "application/*" | "text/*" | "") {
+            return Ok(Format::Json);
+        }
+    }
+    Err(Error::NotAcceptable(format!(
+        "cannot answer in `{accept}`: this server speaks application/fhir+json and application/fhir+xml"
+    )))
+}
+
+/// The format the response to `request` will use, if the request allows one.
+fn response_format(request: &Request) -> Option<Format> {
+    let format = request.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "_format")
+            .map(|(_, v)| v.into_owned())
     });
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::NotAcceptable(format!(
-            "cannot answer in `{accept}`: this server speaks application/fhir+json"
-        )))
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    negotiate(format.as_deref(), accept).ok()
+}
+
+/// Reads a FHIR resource body in either format.
+fn parse_body(bytes: &[u8], format: Format) -> Result<Value, Error> {
+    match format {
+        Format::Json => json::parse_resource(bytes),
+        Format::Xml => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| Error::invalid("invalid", "the XML body is not UTF-8"))?;
+            super::xml::from_xml(super::model::Model::r4(), text).map_err(|e| {
+                let mut issue = Issue::error("invalid", format!("invalid FHIR XML: {e}"));
+                issue.expression = e.expression();
+                Error::Invalid(vec![issue])
+            })
+        }
     }
 }
 
@@ -126,7 +217,7 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
         .iter()
         .find(|(k, _)| k == "_format")
         .map(|(_, v)| v.clone());
-    negotiate(format.as_deref(), header_str(headers, "accept"))?;
+    let format = negotiate(format.as_deref(), header_str(headers, "accept"))?;
     let route = interaction::route(path)?;
 
     let bytes = to_bytes(HttpBody::new(body), edge.max_body_bytes)
@@ -155,25 +246,21 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
                     Error::invalid("invalid", format!("JSON Patch body is not JSON: {e}"))
                 })?);
             }
-            Some(
-                "application/fhir+json"
-                | "application/json"
-                | "application/json+fhir"
-                | "text/json",
-            ) => {
-                req.body = Some(json::parse_resource(&bytes)?);
+            Some(ct) => {
+                let body_format = Format::from_mime(ct).ok_or_else(|| {
+                    Error::UnsupportedMediaType(format!(
+                        "cannot read a `{ct}` body: send application/fhir+json or application/fhir+xml"
+                    ))
+                })?;
+                req.body = Some(parse_body(&bytes, body_format)?);
                 if method == Method::PATCH {
                     req.patch_format = Some(PatchFormat::FhirPath);
                 }
             }
-            Some(other) => {
-                return Err(Error::UnsupportedMediaType(format!(
-                    "cannot read a `{other}` body: send application/fhir+json"
-                )));
-            }
             None => {
                 return Err(Error::UnsupportedMediaType(
-                    "a body needs a Content-Type (application/fhir+json)".into(),
+                    "a body needs a Content-Type (application/fhir+json or application/fhir+xml)"
+                        .into(),
                 ));
             }
         }
@@ -216,6 +303,7 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
         }
     }
     let out = Output {
+        format,
         pretty: query.iter().any(|(k, v)| k == "_pretty" && v == "true"),
         summary: query
             .iter()
@@ -272,14 +360,17 @@ fn render(fhir: &Fhir, resp: Resp, out: &Output) -> Response {
             diagnostics: format!("{}", resp.status),
             expression: None,
         };
-        json_response(resp.status, &outcome(&[issue]), out.pretty)
+        value_response(resp.status, &outcome(&[issue]), out.format, out.pretty)
     } else {
         match resp.body {
             Body::None => resp.status.into_response(),
             Body::Raw(text) => {
                 let transform =
                     resp.is_resource && (out.summary.is_some() || out.elements.is_some());
-                if out.pretty || transform {
+                if out.format == Format::Json && !out.pretty && !transform {
+                    // the common case: the stored text, untouched
+                    text_response(resp.status, text, Format::Json)
+                } else {
                     match serde_json::from_str::<Value>(&text) {
                         Ok(mut v) => {
                             if transform {
@@ -289,15 +380,13 @@ fn render(fhir: &Fhir, resp: Resp, out: &Output) -> Response {
                                     _ => v,
                                 };
                             }
-                            json_response(resp.status, &v, out.pretty)
+                            value_response(resp.status, &v, out.format, out.pretty)
                         }
-                        Err(_) => text_response(resp.status, text),
+                        Err(_) => text_response(resp.status, text, Format::Json),
                     }
-                } else {
-                    text_response(resp.status, text)
                 }
             }
-            Body::Json(v) => json_response(resp.status, &v, out.pretty),
+            Body::Json(v) => value_response(resp.status, &v, out.format, out.pretty),
         }
     };
     response.headers_mut().extend(headers);

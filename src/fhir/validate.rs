@@ -187,6 +187,18 @@ impl Validator<'_> {
         depth: usize,
     ) {
         let at = join(path, &format!("_{base}"));
+        // `Element.id` and `Extension.url` are plain strings, not primitives: no extensions
+        // (XML has them as attributes, so they could not carry any).
+        if (base == "id" && def.kind != Kind::Resource)
+            || (base == "url" && def.name == "Extension")
+        {
+            self.err(
+                "structure",
+                format!("`{base}` cannot carry extensions (`_{base}`)"),
+                &at,
+            );
+            return;
+        }
         let Some((el, ty)) = def.element(base) else {
             self.err(
                 "structure",

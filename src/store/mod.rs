@@ -158,6 +158,8 @@ struct Job {
 
 /// Most jobs one SQLite commit carries.
 const MAX_BATCH: usize = 128;
+/// SQLite commits between two `PRAGMA optimize`.
+const OPTIMIZE_EVERY: u64 = 5000;
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -196,6 +198,8 @@ impl Store {
                 let now = clock.now();
                 let mut conn = Conn::Sqlite(&mut writer_conn);
                 schema::migrate(&mut conn, now).await?;
+                // Planner statistics, so that index lookups drive searches (sqlite.org/lang_analyze.html).
+                conn.execute_script("PRAGMA optimize=0x10002").await?;
             }
             let readers = SqlitePoolOptions::new()
                 .max_connections(options.pool_size.max(1))
@@ -209,7 +213,12 @@ impl Store {
                 writer: tx,
             }
         } else {
-            let opts = PgConnectOptions::from_str(url).map_err(|e| open_err(&e))?;
+            // Searches are the same SQL text with very different selectivities per value: a
+            // generic plan (PostgreSQL's choice after five runs of a prepared statement) turns
+            // a 4 ms dashboard query into 35 ms. Plan each execution with its values.
+            let opts = PgConnectOptions::from_str(url)
+                .map_err(|e| open_err(&e))?
+                .options([("plan_cache_mode", "force_custom_plan")]);
             let pool = PgPoolOptions::new()
                 .max_connections(options.pool_size.max(2))
                 .acquire_timeout(Duration::from_secs(10))
@@ -356,6 +365,7 @@ async fn sqlite_writer(
     clock: Arc<dyn Clock>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut commits: u64 = 0;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -384,6 +394,11 @@ async fn sqlite_writer(
             replies.push(job.reply);
         }
         let committed = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
+        commits += 1;
+        if commits.is_multiple_of(OPTIMIZE_EVERY) {
+            // Statistics follow the data as it grows; cheap when nothing changed much.
+            let _ = sqlx::raw_sql("PRAGMA optimize").execute(&mut conn).await;
+        }
         match committed {
             Ok(_) => {
                 for (reply, r) in replies.into_iter().zip(results) {

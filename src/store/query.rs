@@ -252,13 +252,92 @@ fn sort_expr(sql: &mut Sql, s: &Sort) {
     }
 }
 
+/// Whether a filter only matches current resources of the query's type: index rows carry
+/// `Type.param` keys and deleted resources have none.
+fn implies_type(f: &Filter) -> bool {
+    matches!(
+        f,
+        Filter::Has { .. } | Filter::Chain { .. } | Filter::Missing { missing: false, .. }
+    )
+}
+
+/// How likely a filter is to select few resources, lowest first: references and
+/// identifiers before names, before codes like `status` that half the resources share.
+fn selectivity_rank(f: &Filter) -> u8 {
+    match f {
+        Filter::Has {
+            table: Table::Reference,
+            ..
+        } => 0,
+        Filter::Has {
+            table: Table::Token,
+            param,
+            ..
+        } if param.ends_with("identifier") => 0,
+        Filter::Has {
+            table: Table::String,
+            ..
+        } => 1,
+        Filter::Has {
+            table: Table::Uri | Table::Number,
+            ..
+        } => 2,
+        Filter::Chain { .. } => 3,
+        Filter::Has {
+            table: Table::Date, ..
+        } => 4,
+        Filter::Has { .. } => 5,
+        _ => 6,
+    }
+}
+
 fn where_clause(sql: &mut Sql, q: &Query, alias: &str) {
-    let _ = write!(sql.text, "{alias}.rtype = ");
-    sql.bind(Arg::Text(q.rtype.clone()));
-    let _ = write!(sql.text, " AND {alias}.deleted = FALSE");
-    for f in &q.filters {
+    // One filter drives the query (`rid IN (index lookup)`); the others are probes of the
+    // (rid, param) indexes for each candidate. Without a driver, the type's rows are scanned.
+    let driver = q
+        .filters
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| implies_type(f))
+        .min_by_key(|(_, f)| selectivity_rank(f))
+        .map(|(i, _)| i);
+    match driver {
+        // the driver's index rows imply the type and a live resource
+        Some(_) => sql.push("1 = 1"),
+        None => {
+            let _ = write!(sql.text, "{alias}.rtype = ");
+            sql.bind(Arg::Text(q.rtype.clone()));
+            let _ = write!(sql.text, " AND {alias}.deleted = FALSE");
+        }
+    }
+    for (i, f) in q.filters.iter().enumerate() {
         sql.push(" AND ");
-        filter(sql, f, alias, &q.rtype);
+        if Some(i) == driver {
+            filter(sql, f, alias, &q.rtype);
+        } else {
+            probe(sql, f, alias, &q.rtype);
+        }
+    }
+}
+
+/// A filter as a correlated check of one resource (`EXISTS` on the `(rid, param)` index).
+fn probe(sql: &mut Sql, f: &Filter, alias: &str, rtype: &str) {
+    match f {
+        Filter::Has {
+            table,
+            param,
+            checks,
+        } => {
+            let _ = write!(
+                sql.text,
+                "EXISTS (SELECT 1 FROM {} x WHERE x.rid = {alias}.rid AND x.param = ",
+                table.name()
+            );
+            sql.bind(Arg::Text(param.clone()));
+            checks_sql(sql, checks, *table, "x");
+            sql.push(")");
+        }
+        _ => filter(sql, f, alias, rtype),
     }
 }
 
@@ -294,6 +373,8 @@ fn filter(sql: &mut Sql, f: &Filter, alias: &str, rtype: &str) {
             }
             sql.push(")");
         }
+        // `rid IN (SELECT …)` rather than a correlated EXISTS: the index lookup drives the
+        // query instead of a scan of every resource of the type checking each one.
         Filter::Has {
             table,
             param,
@@ -311,7 +392,7 @@ fn filter(sql: &mut Sql, f: &Filter, alias: &str, rtype: &str) {
             };
             let _ = write!(
                 sql.text,
-                "{not}EXISTS (SELECT 1 FROM {} x WHERE x.rid = {alias}.rid AND x.param = ",
+                "{alias}.rid {not}IN (SELECT x.rid FROM {} x WHERE x.param = ",
                 table.name()
             );
             sql.bind(Arg::Text(param.clone()));
@@ -326,7 +407,7 @@ fn filter(sql: &mut Sql, f: &Filter, alias: &str, rtype: &str) {
             let not = if *missing { "NOT " } else { "" };
             let _ = write!(
                 sql.text,
-                "{not}EXISTS (SELECT 1 FROM {} x WHERE x.rid = {alias}.rid AND x.param = ",
+                "{alias}.rid {not}IN (SELECT x.rid FROM {} x WHERE x.param = ",
                 table.name()
             );
             sql.bind(Arg::Text(param.clone()));
@@ -336,9 +417,9 @@ fn filter(sql: &mut Sql, f: &Filter, alias: &str, rtype: &str) {
             let inner = format!("{alias}c");
             let _ = write!(
                 sql.text,
-                "EXISTS (SELECT 1 FROM idx_reference x JOIN resources {inner} \
+                "{alias}.rid IN (SELECT x.rid FROM idx_reference x JOIN resources {inner} \
                  ON {inner}.id = x.target_id AND {inner}.rtype = x.target_type \
-                 WHERE x.rid = {alias}.rid AND x.param = "
+                 WHERE x.param = "
             );
             sql.bind(Arg::Text(param.clone()));
             sql.push(" AND ");
@@ -349,11 +430,11 @@ fn filter(sql: &mut Sql, f: &Filter, alias: &str, rtype: &str) {
             let inner = format!("{alias}h");
             let _ = write!(
                 sql.text,
-                "EXISTS (SELECT 1 FROM idx_reference x JOIN resources {inner} ON {inner}.rid = x.rid \
-                 WHERE x.target_type = "
+                "{alias}.id IN (SELECT x.target_id FROM idx_reference x JOIN resources {inner} \
+                 ON {inner}.rid = x.rid WHERE x.target_type = "
             );
             sql.bind(Arg::Text(rtype.to_owned()));
-            let _ = write!(sql.text, " AND x.target_id = {alias}.id AND x.param = ");
+            sql.push(" AND x.param = ");
             sql.bind(Arg::Text(param.clone()));
             sql.push(" AND ");
             where_clause(sql, query, &inner);
@@ -419,11 +500,11 @@ mod tests {
         });
         q.limit = 20;
         let sql = select_page(&q);
-        assert_eq!(sql.args.len(), 7);
-        for i in 1..=7 {
+        assert_eq!(sql.args.len(), 6);
+        for i in 1..=6 {
             assert!(sql.text.contains(&format!("${i}")), "{}", sql.text);
         }
-        assert!(!sql.text.contains("$8"));
+        assert!(!sql.text.contains("$7"));
     }
 
     #[test]

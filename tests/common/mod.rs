@@ -16,11 +16,19 @@ pub enum Engine {
     Postgres,
 }
 
+/// The wire format the `Gateway` helpers speak: every scenario runs in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
+}
+
 pub struct Gateway {
     pub base: String,
     pub client: reqwest::Client,
     pub app: App,
     pub engine: Engine,
+    pub format: Format,
     pub clock: Option<ManualClock>,
     _guard: Guard,
 }
@@ -118,11 +126,19 @@ pub async fn fresh_database(engine: Engine) -> Option<(String, Guard)> {
 
 pub struct Options {
     pub clock: Option<ManualClock>,
+    pub format: Format,
 }
 
 /// Starts a gateway; `None` when the engine is not available (PostgreSQL without URL).
 pub async fn spawn(engine: Engine) -> Option<Gateway> {
-    spawn_with(engine, Options { clock: None }).await
+    spawn_with(
+        engine,
+        Options {
+            clock: None,
+            format: Format::Json,
+        },
+    )
+    .await
 }
 
 pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
@@ -155,21 +171,33 @@ pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
         client: reqwest::Client::new(),
         app,
         engine,
+        format: opts.format,
         clock: opts.clock,
         _guard: guard,
     })
 }
 
 pub const FHIR_JSON: &str = "application/fhir+json";
+pub const FHIR_XML: &str = "application/fhir+xml";
 
 pub struct Answer {
+    pub url: String,
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub text: String,
 }
 
 impl Answer {
+    /// The body as JSON, read from XML when the server answered XML.
     pub fn json(&self) -> Value {
+        if self
+            .header("content-type")
+            .is_some_and(|c| c.contains("xml"))
+        {
+            let model = passerelle::fhir::model::Model::r4();
+            return passerelle::fhir::xml::from_xml(model, &self.text)
+                .unwrap_or_else(|e| panic!("not FHIR XML ({e}): {}", self.text));
+        }
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
     }
     pub fn header(&self, name: &str) -> Option<String> {
@@ -182,8 +210,8 @@ impl Answer {
     pub fn expect(self, status: u16) -> Answer {
         assert_eq!(
             self.status, status,
-            "unexpected status; body: {}",
-            self.text
+            "unexpected status from {}; body: {}",
+            self.url, self.text
         );
         self
     }
@@ -219,22 +247,49 @@ impl Gateway {
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
         let r = req.send().await.expect("request");
         Answer {
+            url: r.url().to_string(),
             status: r.status().as_u16(),
             headers: r.headers().clone(),
             text: r.text().await.expect("body"),
         }
     }
 
+    fn mime(&self) -> &'static str {
+        match self.format {
+            Format::Json => FHIR_JSON,
+            Format::Xml => FHIR_XML,
+        }
+    }
+
+    /// A body in the gateway's format, with its content type. What has no XML form (a
+    /// resource with an unknown element, a non-resource) goes as JSON: the server must refuse
+    /// those the same way in both formats.
+    fn encode(&self, body: &Value) -> (String, &'static str) {
+        if self.format == Format::Xml && body.get("resourceType").is_some_and(Value::is_string) {
+            let model = passerelle::fhir::model::Model::r4();
+            if let Ok(xml) = passerelle::fhir::xml::to_xml(model, body) {
+                return (xml, FHIR_XML);
+            }
+        }
+        (body.to_string(), FHIR_JSON)
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
-        self.send(self.client.get(self.url(path))).await
+        self.send(
+            self.client
+                .get(self.url(path))
+                .header("accept", self.mime()),
+        )
+        .await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
         self.send(
             self.client
                 .post(self.url(path))
-                .header("content-type", FHIR_JSON)
-                .body(body.to_string()),
+                .header("accept", self.mime())
+                .header("content-type", self.encode(body).1)
+                .body(self.encode(body).0),
         )
         .await
     }
@@ -243,14 +298,20 @@ impl Gateway {
         self.send(
             self.client
                 .put(self.url(path))
-                .header("content-type", FHIR_JSON)
-                .body(body.to_string()),
+                .header("accept", self.mime())
+                .header("content-type", self.encode(body).1)
+                .body(self.encode(body).0),
         )
         .await
     }
 
     pub async fn delete(&self, path: &str) -> Answer {
-        self.send(self.client.delete(self.url(path))).await
+        self.send(
+            self.client
+                .delete(self.url(path))
+                .header("accept", self.mime()),
+        )
+        .await
     }
 
     /// Creates and returns the stored resource.
@@ -272,7 +333,8 @@ impl Gateway {
     }
 }
 
-/// Declares one test per engine from one async body taking a `Gateway`.
+/// Declares one test per engine and wire format (JSON, XML) from one async body taking a
+/// `Gateway`: the same scenario runs four times.
 #[macro_export]
 macro_rules! on_both_engines {
     ($name:ident, |$gw:ident| $body:block) => {
@@ -280,17 +342,31 @@ macro_rules! on_both_engines {
             use super::*;
             async fn scenario($gw: common::Gateway) $body
 
+            async fn run(engine: common::Engine, format: common::Format) {
+                let opts = common::Options { clock: None, format };
+                if let Some(gw) = common::spawn_with(engine, opts).await {
+                    scenario(gw).await;
+                }
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let gw = common::spawn(common::Engine::Sqlite).await.expect("sqlite");
-                scenario(gw).await;
+                run(common::Engine::Sqlite, common::Format::Json).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(gw) = common::spawn(common::Engine::Postgres).await {
-                    scenario(gw).await;
-                }
+                run(common::Engine::Postgres, common::Format::Json).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite_xml() {
+                run(common::Engine::Sqlite, common::Format::Xml).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_xml() {
+                run(common::Engine::Postgres, common::Format::Xml).await;
             }
         }
     };
