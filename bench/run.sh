@@ -19,6 +19,7 @@
 #   BENCH_HELIOS=auto         auto: run Helios when HELIOS_CACHE/bin/hfs exists; 0: never
 #   BENCH_OUT_DIR             report folder (default: bench/out)
 #   BENCH_PG_ANALYZE=1        run ANALYZE on the PostgreSQL database after seeding (0: don't)
+#   BENCH_FORMATS=0           skip the in-process JSON/XML parse and write comparison
 #   BENCH_KEEP=1              keep the work folder (databases, server logs) for inspection
 set -euo pipefail
 
@@ -397,6 +398,19 @@ tool record meta date="$(date '+%Y-%m-%d %H:%M %Z')" nproc="$(nproc)" \
   >"$WORK/meta.json"
 mkdir -p "$OUT_DIR"
 tool report "$RESULTS" "$WORK/meta.json" >"$OUT_DIR/report-$STAMP.md"
+# FHIR XML next to JSON: parse and write one admission Task and a 100-entry searchset
+if [ "${BENCH_FORMATS:-1}" = 1 ]; then
+  log "formats: JSON and XML parse/write (cargo run --release --example formats)"
+  {
+    echo
+    echo "## FHIR JSON and XML, in process (examples/formats.rs)"
+    echo
+    echo "Operations per second on one core, same documents in both formats; the ratio columns are XML time ÷ JSON time."
+    echo
+    (cd "$REPO" && CARGO_TARGET_DIR="$TARGET_DIR" FORMATS_MILLIS=$((SECS * 300)) \
+      cargo run --quiet --release --locked --example formats -- "$BENCH_DIR/data/task.json")
+  } >>"$OUT_DIR/report-$STAMP.md" || log "formats benchmark failed"
+fi
 cp "$RESULTS" "$OUT_DIR/results-$STAMP.jsonl"
 cat "$OUT_DIR/report-$STAMP.md"
 log "report: $OUT_DIR/report-$STAMP.md (raw figures: results-$STAMP.jsonl)"

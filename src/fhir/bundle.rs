@@ -635,10 +635,9 @@ async fn transaction(
             (&Method::POST, Route::Type(t)) => {
                 let mut found = None;
                 if let Some(c) = &e.req.if_none_exist {
-                    tx.lock_type(t).await?;
-                    let criteria: Vec<(String, String)> = form_urlencoded::parse(c.as_bytes())
-                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                        .collect();
+                    let criteria = interaction::parse_query_string(c);
+                    tx.lock_key(&interaction::criteria_key(t, &criteria))
+                        .await?;
                     let mut s = fhir
                         .parse_search(t, &criteria, true)
                         .map_err(|x| at(i, x))?;

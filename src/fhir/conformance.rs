@@ -40,7 +40,7 @@ pub async fn publish(fhir: &Arc<Fhir>) -> Result<usize> {
         .write(move |tx| {
             Box::pin(async move {
                 // Two gateways starting together against one PostgreSQL take turns.
-                tx.lock_type("CapabilityStatement").await?;
+                tx.lock_key("conformance").await?;
                 let mut written = 0;
                 for (rtype, id, mut body) in all {
                     body["id"] = Value::String(id.clone());

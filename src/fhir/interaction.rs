@@ -292,7 +292,22 @@ impl Fhir {
     }
 }
 
-fn parse_query_string(q: &str) -> Vec<(String, String)> {
+/// The key two conditional writes with the same criteria share (parameter order aside): they
+/// must not both decide that nothing matches.
+pub fn criteria_key(rtype: &str, criteria: &[(String, String)]) -> String {
+    let mut pairs: Vec<&(String, String)> = criteria.iter().collect();
+    pairs.sort();
+    let mut key = format!("{rtype}?");
+    for (k, v) in pairs {
+        key.push_str(k);
+        key.push('=');
+        key.push_str(v);
+        key.push('&');
+    }
+    key
+}
+
+pub fn parse_query_string(q: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(q.trim_start_matches('?').as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
@@ -328,7 +343,7 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
         (&Method::PUT, Route::Type(t)) => {
             fhir.check_type(t, "update")?;
             let found = {
-                tx.lock_type(t).await?;
+                tx.lock_key(&criteria_key(t, &req.query)).await?;
                 conditional_matches(fhir, tx.conn(), t, &req.query).await?
             };
             let body_id = req
@@ -412,9 +427,9 @@ async fn create(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, req: &Req) -> Result<
         .ok_or_else(|| Error::invalid("required", "create needs a resource in the body"))?;
     fhir.check_body(rtype, &body)?;
     if let Some(criteria) = &req.if_none_exist {
-        tx.lock_type(rtype).await?;
-        let found =
-            conditional_matches(fhir, tx.conn(), rtype, &parse_query_string(criteria)).await?;
+        let criteria_pairs = parse_query_string(criteria);
+        tx.lock_key(&criteria_key(rtype, &criteria_pairs)).await?;
+        let found = conditional_matches(fhir, tx.conn(), rtype, &criteria_pairs).await?;
         match found.as_slice() {
             [] => {}
             [one] => return Ok(Resp::stored(fhir, StatusCode::OK, one)),

@@ -201,9 +201,11 @@ impl Store {
                 // Planner statistics, so that index lookups drive searches (sqlite.org/lang_analyze.html).
                 conn.execute_script("PRAGMA optimize=0x10002").await?;
             }
+            // Readers share the page cache of the OS; a small private cache each keeps the
+            // footprint low (the writer keeps the larger one above).
             let readers = SqlitePoolOptions::new()
                 .max_connections(options.pool_size.max(1))
-                .connect_with(opts.read_only(true))
+                .connect_with(opts.read_only(true).pragma("cache_size", "-2000"))
                 .await
                 .map_err(|e| open_err(&e))?;
             let (tx, rx) = mpsc::channel(1024);
@@ -800,13 +802,13 @@ impl<'c> Tx<'c> {
         self.conn.current(rtype, id, true).await
     }
 
-    /// Serialises jobs that decide on the absence of something (conditional create, new
-    /// ids): on PostgreSQL a transaction-scoped advisory lock per resource type; SQLite's
-    /// single writer already serialises.
-    pub async fn lock_type(&mut self, rtype: &str) -> Result<(), StoreError> {
+    /// Serialises the jobs that decide on the absence of the same thing (a conditional
+    /// create's criteria, a start-up publication): on PostgreSQL a transaction-scoped advisory
+    /// lock on the key; SQLite's single writer already serialises everything.
+    pub async fn lock_key(&mut self, key: &str) -> Result<(), StoreError> {
         if let Conn::Pg(c) = &mut self.conn {
             sqlx::query("SELECT pg_advisory_xact_lock(72100002, hashtext($1))")
-                .bind(rtype)
+                .bind(key)
                 .execute(&mut **c)
                 .await?;
         }
