@@ -25,4 +25,9 @@ if ! target/pyenv/bin/python -c "import fhirpy" 2>/dev/null; then
   target/pyenv/bin/pip install --quiet --disable-pip-version-check fhirpy==2.3.1
 fi
 
+# The XML reader under a fuzzer for a bounded time (FUZZ_SECONDS=0 skips it).
+if [ "${FUZZ_SECONDS:-30}" -gt 0 ]; then
+  scripts/fuzz.sh "${FUZZ_SECONDS:-30}"
+fi
+
 cargo test --locked --all-targets "$@"
