@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body as HttpBody, to_bytes};
+use axum::body::{Body as HttpBody, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::bundle::parse_etag;
@@ -182,6 +183,31 @@ fn response_format(request: &Request) -> Option<Format> {
     negotiate(format.as_deref(), accept).ok()
 }
 
+/// Most bytes read past the limit so that the client, still sending, receives the 413
+/// instead of a broken connection; a larger body is cut off at once.
+const DRAIN_FACTOR: usize = 4;
+
+/// The request body, or 413 when it is over `limit` bytes.
+async fn read_body(body: HttpBody, limit: usize) -> Result<Bytes, Error> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| Error::invalid("incomplete", format!("cannot read the body: {e}")))?;
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit * DRAIN_FACTOR {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(Error::TooLarge(limit));
+    }
+    Ok(Bytes::from(buf))
+}
+
 /// Reads a FHIR resource body in either format.
 fn parse_body(bytes: &[u8], format: Format) -> Result<Value, Error> {
     match format {
@@ -220,9 +246,7 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
     let format = negotiate(format.as_deref(), header_str(headers, "accept"))?;
     let route = interaction::route(path)?;
 
-    let bytes = to_bytes(HttpBody::new(body), edge.max_body_bytes)
-        .await
-        .map_err(|_| Error::TooLarge(edge.max_body_bytes))?;
+    let bytes = read_body(body, edge.max_body_bytes).await?;
     let content_type = header_str(headers, "content-type").map(|c| {
         c.split(';')
             .next()

@@ -135,6 +135,66 @@ pub struct Store {
 struct Inner {
     backend: Backend,
     clock: Arc<dyn Clock>,
+    /// Current versions recently written or read (SQLite only: one process owns the file,
+    /// so it sees every write; several gateways may share a PostgreSQL).
+    cache: Option<Arc<Cache>>,
+}
+
+/// Most resources the read cache keeps; past it the cache starts again empty.
+const CACHE_CAPACITY: usize = 20_000;
+
+/// The current version of recently used resources, keyed `Type/id`. Only the writer puts
+/// what it wrote, after the commit; a reader puts what it read only if no write was applied
+/// meanwhile (`generation`), so a slow reader cannot bring back an older version.
+struct Cache {
+    map: std::sync::Mutex<std::collections::HashMap<String, Arc<Stored>>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Cache {
+    fn key(rtype: &str, id: &str) -> String {
+        let mut k = String::with_capacity(rtype.len() + id.len() + 1);
+        k.push_str(rtype);
+        k.push('/');
+        k.push_str(id);
+        k
+    }
+
+    fn get(&self, rtype: &str, id: &str) -> Option<Arc<Stored>> {
+        let map = self.map.lock().ok()?;
+        map.get(&Self::key(rtype, id)).cloned()
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// After a commit: what the committed jobs wrote.
+    fn apply(&self, written: Vec<Stored>) {
+        if written.is_empty() {
+            return;
+        }
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() + written.len() > CACHE_CAPACITY {
+                map.clear();
+            }
+            for s in written {
+                map.insert(Self::key(&s.rtype, &s.id), Arc::new(s));
+            }
+        }
+    }
+
+    /// A reader's result, kept only if nothing was written since `generation`.
+    fn offer(&self, generation: u64, s: &Stored) {
+        if let Ok(mut map) = self.map.lock()
+            && self.generation() == generation
+            && map.len() < CACHE_CAPACITY
+        {
+            map.insert(Self::key(&s.rtype, &s.id), Arc::new(s.clone()));
+        }
+    }
 }
 
 enum Backend {
@@ -179,6 +239,7 @@ impl Store {
             url: redact(url),
             message: e.to_string(),
         };
+        let mut cache = None;
         let backend = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| open_err(&e))?
@@ -209,7 +270,12 @@ impl Store {
                 .await
                 .map_err(|e| open_err(&e))?;
             let (tx, rx) = mpsc::channel(1024);
-            tokio::spawn(sqlite_writer(writer_conn, rx, clock.clone()));
+            let c = Arc::new(Cache {
+                map: std::sync::Mutex::new(std::collections::HashMap::new()),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            });
+            cache = Some(c.clone());
+            tokio::spawn(sqlite_writer(writer_conn, rx, clock.clone(), c));
             Backend::Sqlite {
                 readers,
                 writer: tx,
@@ -232,7 +298,11 @@ impl Store {
             Backend::Postgres { pool }
         };
         Ok(Store {
-            inner: Arc::new(Inner { backend, clock }),
+            inner: Arc::new(Inner {
+                backend,
+                clock,
+                cache,
+            }),
         })
     }
 
@@ -310,6 +380,7 @@ impl Store {
                     let mut tx = Tx {
                         conn: Conn::Pg(&mut t),
                         now,
+                        written: None,
                     };
                     f(&mut tx).await
                 };
@@ -327,11 +398,22 @@ impl Store {
         }
     }
 
-    /// The current row of a resource (deleted ones included), with its body.
+    /// The current row of a resource (deleted ones included), with its body; from the read
+    /// cache when it has it.
     pub async fn current(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
-        let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        self.read(move |c| Box::pin(async move { c.current(&rtype, &id, false).await }))
-            .await
+        let cache = self.inner.cache.as_ref();
+        if let Some(hit) = cache.and_then(|c| c.get(rtype, id)) {
+            return Ok(Some((*hit).clone()));
+        }
+        let generation = cache.map(|c| c.generation());
+        let (t, i) = (rtype.to_owned(), id.to_owned());
+        let found = self
+            .read(move |c| Box::pin(async move { c.current(&t, &i, false).await }))
+            .await?;
+        if let (Some(c), Some(g), Some(s)) = (cache, generation, &found) {
+            c.offer(g, s);
+        }
+        Ok(found)
     }
 
     /// One version of a resource.
@@ -365,6 +447,7 @@ async fn sqlite_writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Job>,
     clock: Arc<dyn Clock>,
+    cache: Arc<Cache>,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut commits: u64 = 0;
@@ -390,8 +473,9 @@ async fn sqlite_writer(
             continue;
         }
         let mut replies = Vec::with_capacity(batch.len());
+        let mut written = Vec::new();
         for job in batch.drain(..) {
-            let outcome = run_in_savepoint(&mut conn, job.run, &*clock).await;
+            let outcome = run_in_savepoint(&mut conn, job.run, &*clock, &mut written).await;
             results.push(outcome);
             replies.push(job.reply);
         }
@@ -403,6 +487,8 @@ async fn sqlite_writer(
         }
         match committed {
             Ok(_) => {
+                // readers see the new versions from the moment the writers are answered
+                cache.apply(written);
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(r);
                 }
@@ -425,13 +511,16 @@ async fn run_in_savepoint(
     conn: &mut SqliteConnection,
     run: JobFn,
     clock: &dyn Clock,
+    written: &mut Vec<Stored>,
 ) -> Result<Result<Erased, Erased>, StoreError> {
     sqlx::raw_sql("SAVEPOINT job").execute(&mut *conn).await?;
     let now = to_millis_precision(clock.now());
+    let mut job_written = Vec::new();
     let outcome = {
         let mut tx = Tx {
             conn: Conn::Sqlite(&mut *conn),
             now,
+            written: Some(&mut job_written),
         };
         // A panicking job must not take the writer (and every later write) down with it.
         match std::panic::AssertUnwindSafe(run(&mut tx))
@@ -445,7 +534,9 @@ async fn run_in_savepoint(
             }
         }
     };
-    if !matches!(outcome, Ok(Ok(_))) {
+    if matches!(outcome, Ok(Ok(_))) {
+        written.append(&mut job_written);
+    } else {
         sqlx::raw_sql("ROLLBACK TO job").execute(&mut *conn).await?;
     }
     sqlx::raw_sql("RELEASE job").execute(&mut *conn).await?;
@@ -784,6 +875,8 @@ impl Conn<'_> {
 pub struct Tx<'c> {
     conn: Conn<'c>,
     now: Micros,
+    /// What this job wrote, for the read cache once committed (SQLite only).
+    written: Option<&'c mut Vec<Stored>>,
 }
 
 impl<'c> Tx<'c> {
@@ -878,7 +971,7 @@ impl<'c> Tx<'c> {
             self.clear_index(rid).await?;
         }
         self.insert_index(rid, v.index).await?;
-        Ok(Stored {
+        let stored = Stored {
             rid,
             rtype: v.rtype.to_owned(),
             id: v.id.to_owned(),
@@ -886,7 +979,11 @@ impl<'c> Tx<'c> {
             last_updated: now,
             deleted,
             body: v.body.map(str::to_owned),
-        })
+        };
+        if let Some(w) = self.written.as_mut() {
+            w.push(stored.clone());
+        }
+        Ok(stored)
     }
 
     async fn clear_index(&mut self, rid: i64) -> Result<(), StoreError> {
