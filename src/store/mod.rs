@@ -474,12 +474,19 @@ async fn sqlite_writer(
         }
         let mut replies = Vec::with_capacity(batch.len());
         let mut written = Vec::new();
+        // A job alone in its batch needs no savepoint: the transaction is its own.
+        let alone = batch.len() == 1;
         for job in batch.drain(..) {
-            let outcome = run_in_savepoint(&mut conn, job.run, &*clock, &mut written).await;
+            let outcome = run_job(&mut conn, job.run, &*clock, &mut written, alone).await;
             results.push(outcome);
             replies.push(job.reply);
         }
-        let committed = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
+        let end = if alone && !matches!(results.first(), Some(Ok(Ok(_)))) {
+            "ROLLBACK"
+        } else {
+            "COMMIT"
+        };
+        let committed = sqlx::raw_sql(end).execute(&mut conn).await;
         commits += 1;
         if commits.is_multiple_of(OPTIMIZE_EVERY) {
             // Statistics follow the data as it grows; cheap when nothing changed much.
@@ -507,13 +514,19 @@ async fn sqlite_writer(
     }
 }
 
-async fn run_in_savepoint(
+/// Runs one job inside the batch's transaction: in a savepoint, so that a failing job rolls
+/// back alone, unless it is `alone` in the batch (the caller then ends the transaction with
+/// ROLLBACK when it fails).
+async fn run_job(
     conn: &mut SqliteConnection,
     run: JobFn,
     clock: &dyn Clock,
     written: &mut Vec<Stored>,
+    alone: bool,
 ) -> Result<Result<Erased, Erased>, StoreError> {
-    sqlx::raw_sql("SAVEPOINT job").execute(&mut *conn).await?;
+    if !alone {
+        sqlx::raw_sql("SAVEPOINT job").execute(&mut *conn).await?;
+    }
     let now = to_millis_precision(clock.now());
     let mut job_written = Vec::new();
     let outcome = {
@@ -536,10 +549,12 @@ async fn run_in_savepoint(
     };
     if matches!(outcome, Ok(Ok(_))) {
         written.append(&mut job_written);
-    } else {
+    } else if !alone {
         sqlx::raw_sql("ROLLBACK TO job").execute(&mut *conn).await?;
     }
-    sqlx::raw_sql("RELEASE job").execute(&mut *conn).await?;
+    if !alone {
+        sqlx::raw_sql("RELEASE job").execute(&mut *conn).await?;
+    }
     outcome
 }
 
