@@ -4,8 +4,8 @@
 //! - Reads run on a pool (many readers).
 //! - Writes run as jobs: a closure given a [`Tx`]. On SQLite one writer task runs the jobs of
 //!   all concurrent requests in one database transaction (each job in its own savepoint, so a
-//!   failing job rolls back alone) and replies only after the single durable `COMMIT`: group
-//!   commit. On PostgreSQL each job is its own transaction on a pooled connection; rows of the
+//!   failing job rolls back alone; a job alone in its batch needs none) and replies only after
+//!   the single durable `COMMIT`: group commit. On PostgreSQL each job is its own transaction on a pooled connection; rows of the
 //!   resources being changed are locked (`FOR UPDATE`), so concurrent writers serialise per
 //!   resource, and several gateways may share the database.
 //!
