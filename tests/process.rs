@@ -8,6 +8,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
 
+/// Waits (bounded: about 10 s) until the server holds at least `n` Tasks.
+async fn wait_for_tasks(client: &reqwest::Client, base: &str, n: i64) {
+    for _ in 0..2000 {
+        let count = match client
+            .get(format!("{base}/Task?_summary=count"))
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["total"].as_i64())
+                .unwrap_or(0),
+            Err(_) => 0,
+        };
+        if count >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// Every create answered 201 before a SIGKILL is there after restart.
 async fn crash_safety(engine: common::Engine) {
     let Some((url, _guard)) = common::fresh_database(engine).await else {
@@ -47,25 +70,7 @@ async fn crash_safety(engine: common::Engine) {
     }
     // kill once a good number of creates were acknowledged, while writers are still going
     let client = reqwest::Client::new();
-    for _ in 0..2000 {
-        let n = match client
-            .get(format!("{base}/Task?_summary=count"))
-            .send()
-            .await
-        {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v["total"].as_i64())
-                .unwrap_or(0),
-            Err(_) => 0,
-        };
-        if n >= 300 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    wait_for_tasks(&client, &base, 300).await;
     server.kill();
     stop.store(true, Ordering::SeqCst);
     let mut acknowledged = Vec::new();
@@ -185,25 +190,7 @@ async fn sigterm_finishes_requests_under_way() {
         }));
     }
     let client = reqwest::Client::new();
-    for _ in 0..2000 {
-        let n = match client
-            .get(format!("{base}/Task?_summary=count"))
-            .send()
-            .await
-        {
-            Ok(r) => r
-                .json::<serde_json::Value>()
-                .await
-                .ok()
-                .and_then(|v| v["total"].as_i64())
-                .unwrap_or(0),
-            Err(_) => 0,
-        };
-        if n >= 100 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    wait_for_tasks(&client, &base, 100).await;
     let pid = server.child.id().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -72,8 +72,9 @@ impl TypeDef {
     }
 }
 
-/// `String` for `string`, `CodeableConcept` for `CodeableConcept`.
-fn type_suffix_matches(t: &str, suffix: &str) -> bool {
+/// Whether a choice element's key suffix names type `t`: `String` for `string`,
+/// `CodeableConcept` for `CodeableConcept`.
+pub fn type_suffix_matches(t: &str, suffix: &str) -> bool {
     let mut chars = t.chars();
     match chars.next() {
         Some(first) => {

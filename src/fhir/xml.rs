@@ -225,18 +225,7 @@ fn find<'m>(def: &'m TypeDef, from: usize, key: &str) -> Option<(usize, &'m Elem
     scan(def, from..def.elements.len(), key).or_else(|| scan(def, 0..from, key))
 }
 
-/// `String` names a choice of type `string` (as in `model.rs`).
-fn type_suffix_matches(t: &str, suffix: &str) -> bool {
-    let mut chars = t.chars();
-    match chars.next() {
-        Some(first) => {
-            suffix.len() == t.len()
-                && suffix.starts_with(first.to_ascii_uppercase())
-                && suffix[first.len_utf8()..] == *chars.as_str()
-        }
-        None => false,
-    }
-}
+use super::model::type_suffix_matches;
 
 /// What an element's type is, with one hash lookup: FHIR primitive type names start with a
 /// lower-case letter, the others (complex, backbone, resource) with a capital.
