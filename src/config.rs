@@ -41,6 +41,48 @@ pub struct Config {
     pub sqlite_durable: bool,
     /// Log lines as JSON objects instead of text.
     pub log_json: bool,
+    /// The admission workflow's delays and timer (`[workflow]`).
+    pub workflow: WorkflowConfig,
+}
+
+/// `[workflow]`: the delays of domain.md, in whole hours or days.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkflowConfig {
+    /// A manual reminder is allowed after the other side has been silent this long.
+    pub remind_after_hours: u32,
+    /// The automatic reminder of a dossier with an unconfirmed proposal and no action.
+    pub auto_reminder_after_days: u32,
+    /// The automatic cancellation, this long after the automatic reminder without action.
+    pub auto_cancel_after_days: u32,
+    /// Archiving of a cancelled request, this long after its cancellation.
+    pub archive_after_days: u32,
+    /// How often the server runs the timers (0: never; tests and `passerelle timers` run them).
+    pub timer_interval_seconds: u32,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        WorkflowConfig {
+            remind_after_hours: 72,
+            auto_reminder_after_days: 60,
+            auto_cancel_after_days: 30,
+            archive_after_days: 15,
+            timer_interval_seconds: 60,
+        }
+    }
+}
+
+impl WorkflowConfig {
+    pub fn delays(&self) -> crate::workflow::Delays {
+        let hour: i64 = 3_600 * 1_000_000;
+        crate::workflow::Delays {
+            remind_after: i64::from(self.remind_after_hours) * hour,
+            auto_reminder_after: i64::from(self.auto_reminder_after_days) * 24 * hour,
+            auto_cancel_after: i64::from(self.auto_cancel_after_days) * 24 * hour,
+            archive_after: i64::from(self.archive_after_days) * 24 * hour,
+        }
+    }
 }
 
 impl Default for Config {
@@ -55,6 +97,7 @@ impl Default for Config {
             db_pool_size: 8,
             sqlite_durable: true,
             log_json: false,
+            workflow: WorkflowConfig::default(),
         }
     }
 }

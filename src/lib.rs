@@ -11,9 +11,11 @@
 //!
 //! `ARCHITECTURE.md` at the repository root is the map; read it first.
 
+pub mod auth;
 pub mod config;
 pub mod fhir;
 pub mod observe;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod workflow;

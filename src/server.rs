@@ -70,6 +70,7 @@ impl App {
                 default_count: config.default_page_size,
                 max_count: config.max_page_size,
             },
+            config.workflow.delays(),
         )?;
         let fhir = Arc::new(fhir);
         crate::fhir::conformance::publish(&fhir)
@@ -155,6 +156,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .unwrap_or_else(|| format!("http://{local}"));
     let app = App::open(&config, base.clone(), Arc::new(SystemClock)).await?;
     let router = app.router(config.max_body_bytes);
+    if config.workflow.timer_interval_seconds > 0 {
+        crate::workflow::timers::spawn(
+            app.fhir.clone(),
+            std::time::Duration::from_secs(u64::from(config.workflow.timer_interval_seconds)),
+        );
+    }
     tracing::info!(%local, base = %base, engine = ?app.store.engine(), "passerelle listening");
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())

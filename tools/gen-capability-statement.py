@@ -82,6 +82,14 @@ for r in resources:
     if "searchRevInclude" in r:
         r["searchRevInclude"] = sorted(targets.get(r["type"], []))
 
+# the gateway's own operations (conformance/OperationDefinition-*.json), on the types they name
+for name in sorted(os.listdir(os.path.join(ROOT, "conformance"))):
+    if name.startswith("OperationDefinition-") and name.endswith(".json"):
+        od = json.load(open(os.path.join(ROOT, "conformance", name)))
+        for r in resources:
+            if r["type"] in od["resource"]:
+                r.setdefault("operation", []).append({"name": od["code"], "definition": od["url"]})
+
 for r in resources:
     for k in [k for k, v in r.items() if v == []]:
         del r[k]
@@ -100,7 +108,7 @@ cs = {
     "software": {"name": "Passerelle", "version": "0.1.0"},
     "implementation": {"description": "Passerelle FHIR R4 gateway"},
     "fhirVersion": "4.0.1",
-    "format": ["application/fhir+json", "json"],
+    "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
     "patchFormat": ["application/json-patch+json", "application/fhir+json"],
     "rest": [{
         "mode": "server",

@@ -540,7 +540,10 @@ pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
             return Err(Error::Invalid(issues));
         }
     }
-    let entries = entry_requests(fhir, &bundle)?;
+    let mut entries = entry_requests(fhir, &bundle)?;
+    for e in &mut entries {
+        e.req.caller = req.caller.clone();
+    }
     let with_resource = true;
     let responses: Vec<Value> = if kind == "batch" {
         let mut out = Vec::with_capacity(entries.len());
@@ -717,9 +720,10 @@ async fn transaction(
                 if let Some(b) = body.as_mut().and_then(Value::as_object_mut) {
                     b.insert("id".into(), Value::String(id.clone()));
                 }
-                let mut r = interaction::update(fhir, tx, t, &id, body, None, "POST")
-                    .await
-                    .map_err(|x| at(i, x))?;
+                let mut r =
+                    interaction::update(fhir, tx, &e.req.caller, t, &id, body, None, "POST")
+                        .await
+                        .map_err(|x| at(i, x))?;
                 r.status = StatusCode::CREATED;
                 r
             } else {

@@ -41,12 +41,16 @@ pub async fn publish(fhir: &Arc<Fhir>) -> Result<usize> {
             Box::pin(async move {
                 // Two gateways starting together against one PostgreSQL take turns.
                 tx.lock_key("conformance").await?;
+                let system = crate::auth::Caller::System("conformance".into());
                 let mut written = 0;
                 for (rtype, id, mut body) in all {
                     body["id"] = Value::String(id.clone());
-                    let r = interaction::update(&f, tx, &rtype, &id, Some(body), None, "PUT")
-                        .await
-                        .map_err(|e| Error::invalid("exception", format!("{rtype}/{id}: {e}")))?;
+                    let r =
+                        interaction::update(&f, tx, &system, &rtype, &id, Some(body), None, "PUT")
+                            .await
+                            .map_err(|e| {
+                                Error::invalid("exception", format!("{rtype}/{id}: {e}"))
+                            })?;
                     if r.status == axum::http::StatusCode::CREATED || r.version != Some(1) {
                         written += 1;
                     }

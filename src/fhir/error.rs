@@ -84,6 +84,12 @@ pub enum Error {
     /// 422: well-formed, but breaks a profile or business rule.
     #[error("unprocessable: {}", first(.0))]
     Unprocessable(Vec<Issue>),
+    /// 401: no valid identity where one is needed.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// 403: the caller's habilitations do not allow this.
+    #[error("forbidden: {}", first(.0))]
+    Forbidden(Vec<Issue>),
     /// 404
     #[error("not found: {0}")]
     NotFound(String),
@@ -130,11 +136,16 @@ impl Error {
     pub fn unprocessable(code: &'static str, msg: impl Into<String>) -> Error {
         Error::Unprocessable(vec![Issue::error(code, msg)])
     }
+    pub fn forbidden(msg: impl Into<String>) -> Error {
+        Error::Forbidden(vec![Issue::error("forbidden", msg)])
+    }
 
     pub fn status(&self) -> StatusCode {
         match self {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Gone(_) => StatusCode::GONE,
             Error::Conflict(_) => StatusCode::CONFLICT,
@@ -153,7 +164,8 @@ impl Error {
     pub fn issues(&self) -> Vec<Issue> {
         let one = |code, msg: String| vec![Issue::error(code, msg)];
         match self {
-            Error::Invalid(i) | Error::Unprocessable(i) => i.clone(),
+            Error::Invalid(i) | Error::Unprocessable(i) | Error::Forbidden(i) => i.clone(),
+            Error::Unauthorized(m) => one("login", m.clone()),
             Error::NotFound(m) => one("not-found", m.clone()),
             Error::Gone(m) => one("deleted", m.clone()),
             Error::Conflict(m) | Error::PreconditionFailed(m) => one("conflict", m.clone()),

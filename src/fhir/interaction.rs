@@ -17,8 +17,10 @@ use super::model::Model;
 use super::patch;
 use super::search::{self, Paging, Search, registry::Registry};
 use super::validate::validate_resource;
+use crate::auth::Caller;
 use crate::store::{Conn, IndexRow, NewVersion, Store, Stored, Tx};
 use crate::time::{Micros, format_instant};
+use crate::workflow::Workflow;
 
 /// Everything the FHIR server needs, built once at start.
 pub struct Fhir {
@@ -30,6 +32,8 @@ pub struct Fhir {
     /// Public base of the FHIR API, e.g. `https://gw.example.fr/fhir` (no trailing slash).
     pub base: String,
     pub paging: Paging,
+    /// The admission workflow: its write rules and operations.
+    pub workflow: Workflow,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +144,8 @@ pub struct Req {
     pub if_none_exist: Option<String>,
     /// `Prefer: handling=strict`.
     pub strict: bool,
+    /// Who asks (Bundle entries inherit the Bundle's caller).
+    pub caller: Caller,
 }
 
 impl Req {
@@ -155,19 +161,22 @@ impl Req {
             if_modified_since: None,
             if_none_exist: None,
             strict: false,
+            caller: Caller::Anonymous,
         }
     }
 
-    /// Writes go through a store job; everything else reads.
+    /// Writes go through a store job; everything else reads. Operations that change state
+    /// are `POST`s (`$validate` only reads).
     pub fn is_write(&self) -> bool {
-        matches!(
-            (&self.method, &self.route),
-            (&Method::POST, Route::Type(_))
-                | (
-                    &Method::PUT | &Method::PATCH | &Method::DELETE,
-                    Route::Type(_) | Route::Instance(..)
-                )
-        )
+        match (&self.method, &self.route) {
+            (&Method::POST, Route::Type(_)) => true,
+            (
+                &Method::PUT | &Method::PATCH | &Method::DELETE,
+                Route::Type(_) | Route::Instance(..),
+            ) => true,
+            (&Method::POST, Route::Operation { name, .. }) => name != "validate",
+            _ => false,
+        }
     }
 }
 
@@ -205,7 +214,7 @@ impl Resp {
         }
     }
 
-    fn stored(fhir: &Fhir, status: StatusCode, s: &Stored) -> Resp {
+    pub(crate) fn stored(fhir: &Fhir, status: StatusCode, s: &Stored) -> Resp {
         Resp {
             status,
             body: s.body.clone().map_or(Body::None, Body::Raw),
@@ -338,7 +347,17 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
         (&Method::POST, Route::Type(t)) => create(fhir, tx, t, req).await,
         (&Method::PUT, Route::Instance(t, id)) => {
             fhir.check_type(t, "update")?;
-            update(fhir, tx, t, id, req.body.clone(), req.if_match, "PUT").await
+            update(
+                fhir,
+                tx,
+                &req.caller,
+                t,
+                id,
+                req.body.clone(),
+                req.if_match,
+                "PUT",
+            )
+            .await
         }
         (&Method::PUT, Route::Type(t)) => {
             fhir.check_type(t, "update")?;
@@ -368,7 +387,7 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
             {
                 b.insert("id".into(), Value::String(id.clone()));
             }
-            update(fhir, tx, t, &id, body, req.if_match, "PUT").await
+            update(fhir, tx, &req.caller, t, &id, body, req.if_match, "PUT").await
         }
         (&Method::PATCH, Route::Instance(t, id)) => {
             fhir.check_type(t, "patch")?;
@@ -408,6 +427,12 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
                 ))),
             }
         }
+        (&Method::POST, Route::Operation { name, .. }) if fhir.workflow.handles(name) => {
+            fhir.workflow.operation(fhir, tx, req).await
+        }
+        (_, Route::Operation { name, .. }) => Err(Error::NotFound(format!(
+            "operation ${name} is not supported here"
+        ))),
         _ => Err(Error::MethodNotAllowed(format!(
             "{} on this path",
             req.method
@@ -441,9 +466,45 @@ async fn create(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, req: &Req) -> Result<
         }
     }
     let id = new_id();
+    let mut body = body;
+    fhir.workflow
+        .before_write(fhir, tx, &req.caller, rtype, &id, None, &mut body)
+        .await?;
     let index = fhir.index(rtype, &body);
     let stored = keep(tx, rtype, &id, None, body, &index, "POST").await?;
     Ok(Resp::stored(fhir, StatusCode::CREATED, &stored))
+}
+
+/// Writes a resource the gateway itself makes or changes (a side effect of a move: a
+/// Provenance, a Communication, a sibling Task): checked against the base model and indexed,
+/// without the workflow's write rules, which the caller has already applied. `id` `None`
+/// creates.
+pub async fn put_resource(
+    fhir: &Fhir,
+    tx: &mut Tx<'_>,
+    rtype: &str,
+    id: Option<&str>,
+    mut body: Value,
+    method: &str,
+) -> Result<Stored> {
+    let id = id.map_or_else(new_id, str::to_owned);
+    if let Some(b) = body.as_object_mut() {
+        b.insert("id".into(), Value::String(id.clone()));
+    }
+    fhir.check_body(rtype, &body)?;
+    let current = tx.current(rtype, &id).await?;
+    let live = current.as_ref().filter(|c| !c.deleted);
+    let index = fhir.index(rtype, &body);
+    keep(
+        tx,
+        rtype,
+        &id,
+        live.or(current.as_ref()),
+        body,
+        &index,
+        method,
+    )
+    .await
 }
 
 /// Stamps and keeps a new version.
@@ -473,9 +534,11 @@ async fn keep(
         .await?)
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn update(
     fhir: &Fhir,
     tx: &mut Tx<'_>,
+    caller: &Caller,
     rtype: &str,
     id: &str,
     body: Option<Value>,
@@ -519,10 +582,11 @@ pub async fn update(
         }
     }
     let live = current.as_ref().filter(|c| !c.deleted);
-    if let Some(cur) = live
-        && let Some(text) = &cur.body
-        && let Ok(old) = serde_json::from_str::<Value>(text)
-        && json::without_version(&old) == json::without_version(&body)
+    let old: Option<Value> = live
+        .and_then(|c| c.body.as_deref())
+        .and_then(|t| serde_json::from_str(t).ok());
+    if let (Some(cur), Some(old)) = (live, &old)
+        && json::without_version(old) == json::without_version(&body)
     {
         // Nothing changed: no new version (as HAPI does).
         return Ok(Resp::stored(fhir, StatusCode::OK, cur));
@@ -532,6 +596,10 @@ pub async fn update(
     } else {
         StatusCode::CREATED
     };
+    let mut body = body;
+    fhir.workflow
+        .before_write(fhir, tx, caller, rtype, id, old.as_ref(), &mut body)
+        .await?;
     let index = fhir.index(rtype, &body);
     let stored = keep(tx, rtype, id, current.as_ref(), body, &index, method).await?;
     Ok(Resp::stored(fhir, status, &stored))
@@ -588,7 +656,17 @@ async fn patch_one(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, id: &str, req: &Re
     if !issues.is_empty() {
         return Err(Error::Unprocessable(issues));
     }
-    update(fhir, tx, rtype, id, Some(doc), Some(cur.version), "PATCH").await
+    update(
+        fhir,
+        tx,
+        &req.caller,
+        rtype,
+        id,
+        Some(doc),
+        Some(cur.version),
+        "PATCH",
+    )
+    .await
 }
 
 fn deleted_outcome(msg: String) -> Resp {
@@ -768,6 +846,9 @@ async fn validate_operation(
         }
     }
     let mut issues = validate_resource(fhir.model, resource);
+    if issues.is_empty() {
+        issues = fhir.workflow.profile_issues(resource);
+    }
     if let (Some(t), Some(id)) = (rtype, id) {
         if conn.current(t, id, false).await?.is_none() {
             return Err(Error::NotFound(format!("{t}/{id} not found")));

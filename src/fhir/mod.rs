@@ -44,7 +44,12 @@ pub(crate) fn parse_conformance(file: &str, text: &str) -> Result<Value, Registr
 
 impl Fhir {
     /// Builds the FHIR service; fails if the conformance files are inconsistent.
-    pub fn new(store: Store, base: String, paging: Paging) -> Result<Fhir, RegistryError> {
+    pub fn new(
+        store: Store,
+        base: String,
+        paging: Paging,
+        delays: crate::workflow::Delays,
+    ) -> Result<Fhir, RegistryError> {
         let parse = parse_conformance;
         let capability = parse("CapabilityStatement.json", CAPABILITY)?;
         let defs: Vec<(&str, Value)> = SEARCH_PARAMETERS
@@ -56,6 +61,11 @@ impl Fhir {
         let registry = Registry::load(model, &capability, &def_refs)?;
         let mut capability = capability;
         capability["implementation"]["url"] = Value::String(base.clone());
+        let workflow =
+            crate::workflow::Workflow::load(delays).map_err(|e| RegistryError::File {
+                file: e.file.clone(),
+                message: format!("{}: {}", e.field, e.message),
+            })?;
         Ok(Fhir {
             model,
             registry,
@@ -63,6 +73,7 @@ impl Fhir {
             store,
             base,
             paging,
+            workflow,
         })
     }
 }

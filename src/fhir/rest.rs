@@ -255,6 +255,11 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
             .to_ascii_lowercase()
     });
     let mut req = Req::new(method.clone(), route);
+    req.caller = crate::auth::dev_caller(
+        &fhir.store,
+        header_str(headers, crate::auth::DEV_ROLE_HEADER),
+    )
+    .await?;
     if !bytes.is_empty() {
         match content_type.as_deref() {
             Some("application/x-www-form-urlencoded")

@@ -923,6 +923,19 @@ impl<'c> Tx<'c> {
         Ok(())
     }
 
+    /// The next value of a named counter (1, 2, …), taken inside this job: never given twice
+    /// once committed.
+    pub async fn next_number(&mut self, name: &str) -> Result<i64, StoreError> {
+        let sql = "INSERT INTO counters (name, value) VALUES ($1, 1) \
+                   ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value";
+        Ok(on_conn!(&mut self.conn, |c| {
+            sqlx::query_scalar(sql)
+                .bind(name)
+                .fetch_one(&mut **c)
+                .await?
+        }))
+    }
+
     /// Keeps a new version and replaces the resource's index rows.
     pub async fn put(&mut self, v: NewVersion<'_>) -> Result<Stored, StoreError> {
         let conflict = || StoreError::Conflict {

@@ -275,43 +275,36 @@ impl Gateway {
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        self.send(
-            self.client
-                .get(self.url(path))
-                .header("accept", self.mime()),
-        )
-        .await
+        self.acting_as(None).get(path).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Answer {
-        self.send(
-            self.client
-                .post(self.url(path))
-                .header("accept", self.mime())
-                .header("content-type", self.encode(body).1)
-                .body(self.encode(body).0),
-        )
-        .await
+        self.acting_as(None).post(path, body).await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Answer {
-        self.send(
-            self.client
-                .put(self.url(path))
-                .header("accept", self.mime())
-                .header("content-type", self.encode(body).1)
-                .body(self.encode(body).0),
-        )
-        .await
+        self.acting_as(None).put(path, body).await
     }
 
     pub async fn delete(&self, path: &str) -> Answer {
-        self.send(
-            self.client
-                .delete(self.url(path))
-                .header("accept", self.mime()),
-        )
-        .await
+        self.acting_as(None).delete(path).await
+    }
+
+    /// The same requests, made by the holder of a habilitation (`X-Passerelle-Role`).
+    pub fn acting(&self, role: &str) -> Acting<'_> {
+        self.acting_as(Some(role))
+    }
+
+    fn acting_as(&self, role: Option<&str>) -> Acting<'_> {
+        Acting {
+            gw: self,
+            role: role.map(|r| {
+                format!(
+                    "PractitionerRole/{}",
+                    r.trim_start_matches("PractitionerRole/")
+                )
+            }),
+        }
     }
 
     /// Creates and returns the stored resource.
@@ -330,6 +323,67 @@ impl Gateway {
             .filter(|e| e["search"]["mode"] == "match")
             .map(|e| e["resource"]["id"].as_str().unwrap_or("").to_owned())
             .collect()
+    }
+}
+
+/// Requests made as one caller.
+pub struct Acting<'g> {
+    pub gw: &'g Gateway,
+    pub role: Option<String>,
+}
+
+impl Acting<'_> {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self
+            .gw
+            .client
+            .request(method, self.gw.url(path))
+            .header("accept", self.gw.mime());
+        if let Some(role) = &self.role {
+            r = r.header("x-passerelle-role", role);
+        }
+        r
+    }
+
+    fn with_body(&self, r: reqwest::RequestBuilder, body: &Value) -> reqwest::RequestBuilder {
+        let (text, mime) = self.gw.encode(body);
+        r.header("content-type", mime).body(text)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.gw.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        let r = self.request(reqwest::Method::POST, path);
+        self.gw.send(self.with_body(r, body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Answer {
+        let r = self.request(reqwest::Method::PUT, path);
+        self.gw.send(self.with_body(r, body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.gw
+            .send(self.request(reqwest::Method::DELETE, path))
+            .await
+    }
+
+    /// `POST path` with an `If-Match` precondition.
+    pub async fn post_if_match(&self, path: &str, body: &Value, version: i64) -> Answer {
+        let r = self
+            .request(reqwest::Method::POST, path)
+            .header("if-match", format!("W/\"{version}\""));
+        self.gw.send(self.with_body(r, body)).await
+    }
+
+    /// `PUT path` with an `If-Match` precondition.
+    pub async fn put_if_match(&self, path: &str, body: &Value, version: i64) -> Answer {
+        let r = self
+            .request(reqwest::Method::PUT, path)
+            .header("if-match", format!("W/\"{version}\""));
+        self.gw.send(self.with_body(r, body)).await
     }
 }
 

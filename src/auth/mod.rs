@@ -1,0 +1,182 @@
+//! Who is calling: the seam between sign-in and the rules.
+//!
+//! Every request carries a [`Caller`]. The rules (`workflow`, and the read filters to come)
+//! only look at the caller's habilitation: its profile code and its place (a structure or
+//! units). How the caller was established is this module's business alone: today the `dev`
+//! mode reads the `X-Passerelle-Role: PractitionerRole/<id>` header (contract §4); Pro Santé
+//! Connect and gateway tokens will produce the same [`Caller`].
+
+use serde_json::Value;
+
+use crate::fhir::error::{Error, Result};
+use crate::fhir::reference;
+use crate::store::Store;
+use crate::time::fhir_date_range;
+
+/// The code system of habilitation profiles (`PractitionerRole.code`).
+pub const PROFILE_SYSTEM: &str = "https://passerelle.dev/fhir/CodeSystem/habilitation-profile";
+
+/// The header the `dev` mode takes the caller from.
+pub const DEV_ROLE_HEADER: &str = "x-passerelle-role";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// Nobody in particular: may set up the directory and accounts in `dev` mode, never
+    /// touches patient data.
+    Anonymous,
+    /// A person acting through one valid habilitation.
+    Person(Habilitation),
+    /// The gateway itself (timers) or one of its feeds (HL7 v2): audited as the system.
+    System(String),
+}
+
+/// One valid habilitation: a profile at a place (contract §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Habilitation {
+    /// `PractitionerRole/<id>`.
+    pub role: String,
+    /// `Practitioner/<id>`, when the role names one.
+    pub practitioner: Option<String>,
+    /// A code of the habilitation-profile code system.
+    pub profile: String,
+    /// `Organization/<id>`: the structure, when the habilitation sits there.
+    pub organization: Option<String>,
+    /// `HealthcareService/<id>`: the units, when the habilitation sits on units.
+    pub services: Vec<String>,
+}
+
+impl Caller {
+    pub fn habilitation(&self) -> Option<&Habilitation> {
+        match self {
+            Caller::Person(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The reference that stands for the caller in Provenance and Communication.
+    pub fn reference(&self) -> Option<String> {
+        match self {
+            Caller::Person(h) => Some(h.role.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a habilitation out of a stored PractitionerRole; `None` when it is not valid at
+/// `now` (inactive, outside its period, or without a profile code).
+pub fn habilitation(role_id: &str, role: &Value, now: i64) -> Option<Habilitation> {
+    if role["active"] == Value::Bool(false) {
+        return None;
+    }
+    let period = &role["period"];
+    if let Some(start) = period["start"].as_str()
+        && fhir_date_range(start).is_none_or(|(lo, _)| lo > now)
+    {
+        return None;
+    }
+    if let Some(end) = period["end"].as_str()
+        && fhir_date_range(end).is_none_or(|(_, hi)| hi < now)
+    {
+        return None;
+    }
+    let profile = role["code"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+        .find(|c| c["system"] == PROFILE_SYSTEM)
+        .and_then(|c| c["code"].as_str())?
+        .to_owned();
+    let local = |v: &Value, rtype: &str| {
+        v["reference"]
+            .as_str()
+            .and_then(reference::parse)
+            .filter(|r| r.rtype == rtype)
+            .map(|r| format!("{}/{}", r.rtype, r.id))
+    };
+    Some(Habilitation {
+        role: format!("PractitionerRole/{role_id}"),
+        practitioner: local(&role["practitioner"], "Practitioner"),
+        profile,
+        organization: local(&role["organization"], "Organization"),
+        services: role["healthcareService"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| local(s, "HealthcareService"))
+            .collect(),
+    })
+}
+
+/// The caller of a request in `dev` mode, from the `X-Passerelle-Role` header's value.
+pub async fn dev_caller(store: &Store, header: Option<&str>) -> Result<Caller> {
+    let Some(value) = header else {
+        return Ok(Caller::Anonymous);
+    };
+    let id = value
+        .trim()
+        .strip_prefix("PractitionerRole/")
+        .filter(|id| reference::is_id(id))
+        .ok_or_else(|| {
+            Error::Unauthorized(format!(
+                "X-Passerelle-Role must be `PractitionerRole/<id>`, not `{value}`"
+            ))
+        })?;
+    let stored = store.current("PractitionerRole", id).await?;
+    let body = stored
+        .filter(|s| !s.deleted)
+        .and_then(|s| s.body)
+        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+        .ok_or_else(|| Error::Unauthorized(format!("no habilitation PractitionerRole/{id}")))?;
+    habilitation(id, &body, store.clock().now())
+        .map(Caller::Person)
+        .ok_or_else(|| {
+            Error::Unauthorized(format!(
+                "PractitionerRole/{id} is not a valid habilitation now (inactive, out of its period, or without a {PROFILE_SYSTEM} code)"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn role(extra: Value) -> Value {
+        let mut r = json!({
+            "resourceType": "PractitionerRole",
+            "practitioner": {"reference": "Practitioner/p1"},
+            "organization": {"reference": "Organization/o1"},
+            "healthcareService": [{"reference": "HealthcareService/u1"}],
+            "code": [{"coding": [{"system": PROFILE_SYSTEM, "code": "responsable-admission"}]}]
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            r[k] = v.clone();
+        }
+        r
+    }
+
+    #[test]
+    fn a_valid_role_is_a_habilitation() {
+        let h = habilitation("r1", &role(json!({})), 0).unwrap();
+        assert_eq!(h.role, "PractitionerRole/r1");
+        assert_eq!(h.profile, "responsable-admission");
+        assert_eq!(h.organization.as_deref(), Some("Organization/o1"));
+        assert_eq!(h.services, vec!["HealthcareService/u1".to_owned()]);
+        assert_eq!(h.practitioner.as_deref(), Some("Practitioner/p1"));
+    }
+
+    #[test]
+    fn inactive_expired_or_codeless_roles_are_not() {
+        let now = fhir_date_range("2026-06-01").unwrap().0;
+        assert!(habilitation("r", &role(json!({"active": false})), now).is_none());
+        let p = json!({"period": {"start": "2025-01-01", "end": "2026-05-31"}});
+        assert!(habilitation("r", &role(p), now).is_none());
+        let p = json!({"period": {"start": "2026-06-02"}});
+        assert!(habilitation("r", &role(p), now).is_none());
+        let p = json!({"period": {"start": "2026-01-01", "end": "2026-06-01"}});
+        assert!(habilitation("r", &role(p), now).is_some());
+        let c = json!({"code": [{"coding": [{"system": "x", "code": "referent"}]}]});
+        assert!(habilitation("r", &role(c), now).is_none());
+    }
+}

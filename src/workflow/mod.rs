@@ -1,0 +1,1206 @@
+//! The admission workflow (contract §3): dossiers (`ServiceRequest`, profile
+//! AdmissionRequest), one request per unit (`Task`, profile AdmissionTask), and every move
+//! between their states, with its side effects, in the same transaction as the move.
+//!
+//! - [`rules`]: the rules as data (code systems, value sets, operations, the move table).
+//! - [`profile`]: checking the two profiles.
+//! - [`moves`]: pure functions: apply a move, read a move off a `PUT`, who may move.
+//! - this file: the two seams the FHIR server calls — [`Workflow::before_write`] on every
+//!   create/update/patch (profiles, dossier numbers, `PUT`-as-move) and
+//!   [`Workflow::operation`] for the named operations — and the side effects (siblings,
+//!   dossier status, Communications, Provenance).
+
+pub mod moves;
+pub mod profile;
+pub mod rules;
+pub mod timers;
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::fhir::error::{Error, Issue, Result};
+use crate::fhir::interaction::{Fhir, Req, Resp, Route, put_resource};
+use crate::store::{Stored, Tx};
+use crate::time::{Micros, format_instant};
+use moves::{Input, Standing, apply, authorize, business_status, detect, rule};
+use profile::{ADMISSION_REQUEST, ADMISSION_TASK, declares};
+use rules::{DOSSIER_SYSTEM, Move, Rules, RulesError, Target, code_system};
+
+/// The workflow's delays (contract §3 timers; configuration `[workflow]`).
+#[derive(Debug, Clone)]
+pub struct Delays {
+    /// A manual reminder is allowed once the other side has been silent this long (72 h).
+    pub remind_after: Micros,
+    /// A dossier with an unconfirmed proposal and no action for this long gets the automatic
+    /// reminder (2 months).
+    pub auto_reminder_after: Micros,
+    /// Without action this long after the automatic reminder, its open requests are
+    /// cancelled (30 days).
+    pub auto_cancel_after: Micros,
+    /// A cancelled request is archived this long after its cancellation (15 days).
+    pub archive_after: Micros,
+}
+
+const HOUR: Micros = 3_600 * 1_000_000;
+const DAY: Micros = 24 * HOUR;
+
+impl Default for Delays {
+    fn default() -> Self {
+        Delays {
+            remind_after: 72 * HOUR,
+            auto_reminder_after: 60 * DAY,
+            auto_cancel_after: 30 * DAY,
+            archive_after: 15 * DAY,
+        }
+    }
+}
+
+pub struct Workflow {
+    pub rules: Rules,
+    pub delays: Delays,
+}
+
+/// A stored resource with its parsed body.
+struct Live {
+    stored: Stored,
+    body: Value,
+}
+
+fn reference_id(v: &Value, rtype: &str) -> Option<String> {
+    let r = v["reference"].as_str()?;
+    let p = crate::fhir::reference::parse(r)?;
+    (p.rtype == rtype).then(|| p.id.to_owned())
+}
+
+async fn live(tx: &mut Tx<'_>, rtype: &str, id: &str, lock: bool) -> Result<Option<Live>> {
+    let stored = if lock {
+        tx.current(rtype, id).await?
+    } else {
+        tx.conn().current(rtype, id, false).await?
+    };
+    Ok(stored.filter(|s| !s.deleted).and_then(|s| {
+        let body = serde_json::from_str(s.body.as_deref()?).ok()?;
+        Some(Live { stored: s, body })
+    }))
+}
+
+/// The lock every write on a dossier or its requests takes first, so that moves on sibling
+/// requests (which change each other) queue instead of deadlocking.
+fn dossier_key(sr_id: &str) -> String {
+    format!("dossier/{sr_id}")
+}
+
+impl Workflow {
+    pub fn load(delays: Delays) -> std::result::Result<Workflow, RulesError> {
+        Ok(Workflow {
+            rules: Rules::load()?,
+            delays,
+        })
+    }
+
+    /// Whether `$name` is one of the workflow's operations.
+    pub fn handles(&self, name: &str) -> bool {
+        self.rules.operations.contains_key(name)
+    }
+
+    /// The write rules of admission resources, run inside the write's transaction before a
+    /// new version of `rtype/id` is kept (`old`: the current version, if any). May change
+    /// `body` (dossier number, the result of a move) or refuse the write.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn before_write(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        rtype: &str,
+        id: &str,
+        old: Option<&Value>,
+        body: &mut Value,
+    ) -> Result<()> {
+        match rtype {
+            "Task" => {
+                let admission = declares(body, ADMISSION_TASK)
+                    || old.is_some_and(|o| declares(o, ADMISSION_TASK));
+                if !admission {
+                    return Ok(());
+                }
+                let Some(old) = old else {
+                    return Err(rule(
+                        "tasks-by-send",
+                        "an AdmissionTask is created by ServiceRequest/[id]/$send, not by create",
+                    ));
+                };
+                if !declares(body, ADMISSION_TASK) {
+                    return Err(rule("profile-kept", "an AdmissionTask keeps its profile"));
+                }
+                if moves::is_archived(old) != moves::is_archived(body) {
+                    return Err(rule(
+                        "archive-by-timer",
+                        "the `archived` tag is set by the gateway's timer only",
+                    ));
+                }
+                if let Some(sr) = reference_id(&old["focus"], "ServiceRequest") {
+                    tx.lock_key(&dossier_key(&sr)).await?;
+                }
+                match detect(&self.rules, old, body)? {
+                    None => {}
+                    Some((mv, input)) => {
+                        let cur = live(tx, "Task", id, true)
+                            .await?
+                            .ok_or_else(|| Error::NotFound(format!("Task/{id} not found")))?;
+                        *body = self.make_move(fhir, tx, caller, &cur, &mv, &input).await?;
+                    }
+                }
+                self.check_profile(ADMISSION_TASK, body)
+            }
+            "ServiceRequest" => {
+                let admission = declares(body, ADMISSION_REQUEST)
+                    || old.is_some_and(|o| declares(o, ADMISSION_REQUEST));
+                if !admission {
+                    return Ok(());
+                }
+                self.dossier_write(fhir, tx, caller, id, old, body).await?;
+                self.check_profile(ADMISSION_REQUEST, body)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The profile issues of a resource that declares one of the gateway's profiles
+    /// (`$validate`).
+    pub fn profile_issues(&self, resource: &Value) -> Vec<Issue> {
+        [ADMISSION_TASK, ADMISSION_REQUEST]
+            .into_iter()
+            .filter(|url| declares(resource, url))
+            .flat_map(|url| match self.check_profile(url, resource) {
+                Err(Error::Unprocessable(issues)) => issues,
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn check_profile(&self, url: &str, body: &Value) -> Result<()> {
+        let Some(sd) = profile::structure_definition(&self.rules, url) else {
+            return Ok(());
+        };
+        let mut issues = profile::check(&self.rules, sd, body);
+        if url == ADMISSION_TASK {
+            issues.extend(profile::task_invariants(&self.rules, body));
+        }
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Unprocessable(issues))
+        }
+    }
+
+    /// Creating or changing a dossier: the prescriber side only; the gateway assigns the
+    /// number; the status moves only through the operations.
+    async fn dossier_write(
+        &self,
+        _fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        id: &str,
+        old: Option<&Value>,
+        body: &mut Value,
+    ) -> Result<()> {
+        let h = match caller {
+            Caller::Person(h) => h,
+            Caller::System(_) => return Ok(()),
+            Caller::Anonymous => {
+                return Err(Error::Unauthorized(
+                    "a dossier is written by an identified prescriber (X-Passerelle-Role in dev mode)"
+                        .into(),
+                ));
+            }
+        };
+        let profile = self.rules.profiles.get(&h.profile);
+        if !profile.is_some_and(|p| p.rights.contains("request-create")) {
+            return Err(Error::forbidden(format!(
+                "the profile `{}` may not write a dossier (right request-create)",
+                h.profile
+            )));
+        }
+        let requester = body["requester"].clone();
+        if !self.is_sending(tx, caller, &requester).await? {
+            return Err(Error::forbidden(format!(
+                "{} is not of the structure of the dossier's requester",
+                h.role
+            )));
+        }
+        let ours = |v: &Value| -> Vec<Value> {
+            v["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["system"] == DOSSIER_SYSTEM)
+                .cloned()
+                .collect()
+        };
+        match old {
+            None => {
+                if !ours(body).is_empty() {
+                    return Err(Error::Unprocessable(vec![
+                        Issue::error(
+                            "business-rule",
+                            "dossier-number: the gateway assigns the dossier number; leave it out",
+                        )
+                        .at("ServiceRequest.identifier"),
+                    ]));
+                }
+                if body["status"] != "draft" {
+                    return Err(Error::Unprocessable(vec![
+                        Issue::error(
+                            "business-rule",
+                            "dossier-status: a dossier is created `draft`, then sent with $send",
+                        )
+                        .at("ServiceRequest.status"),
+                    ]));
+                }
+                let module = body["category"][0]["coding"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["system"] == code_system("orientation-module").as_str())
+                    .and_then(|c| c["code"].as_str())
+                    .and_then(|m| self.rules.modules.get(m).map(|p| (m, p)));
+                let Some((_, prefix)) = module else {
+                    return Err(Error::Unprocessable(vec![
+                        Issue::error(
+                            "required",
+                            "dossier-module: category must carry a code of the orientation-module code system",
+                        )
+                        .at("ServiceRequest.category"),
+                    ]));
+                };
+                let n = tx.next_number(&format!("dossier/{prefix}")).await?;
+                let number = json!({"system": DOSSIER_SYSTEM, "value": format!("{prefix}{n:07}")});
+                match body["identifier"].as_array_mut() {
+                    Some(list) => list.insert(0, number),
+                    None => body["identifier"] = json!([number]),
+                }
+            }
+            Some(old) => {
+                if ours(old) != ours(body) {
+                    return Err(Error::Unprocessable(vec![
+                        Issue::error(
+                            "business-rule",
+                            "dossier-number: the dossier number never changes",
+                        )
+                        .at("ServiceRequest.identifier"),
+                    ]));
+                }
+                if old["status"] != body["status"] {
+                    return Err(Error::Unprocessable(vec![
+                        Issue::error(
+                            "business-rule",
+                            "dossier-status: a dossier's status changes through $send, $cancel and the requests' moves",
+                        )
+                        .at("ServiceRequest.status"),
+                    ]));
+                }
+                let _ = id;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the caller acts for the structure that a `requester` reference belongs to.
+    async fn is_sending(
+        &self,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        requester: &Value,
+    ) -> Result<bool> {
+        let Caller::Person(h) = caller else {
+            return Ok(false);
+        };
+        let Some(rid) = reference_id(requester, "PractitionerRole") else {
+            return Ok(false);
+        };
+        if h.role == format!("PractitionerRole/{rid}") {
+            return Ok(true);
+        }
+        let Some(org) = &h.organization else {
+            return Ok(false);
+        };
+        Ok(live(tx, "PractitionerRole", &rid, false)
+            .await?
+            .and_then(|r| reference_id(&r.body["organization"], "Organization"))
+            .is_some_and(|o| format!("Organization/{o}") == *org))
+    }
+
+    /// Whether the caller's habilitation covers a request's unit (`owner`).
+    async fn is_receiving(&self, tx: &mut Tx<'_>, caller: &Caller, owner: &Value) -> Result<bool> {
+        let Caller::Person(h) = caller else {
+            return Ok(false);
+        };
+        let Some(unit) = reference_id(owner, "HealthcareService") else {
+            return Ok(false);
+        };
+        let unit_ref = format!("HealthcareService/{unit}");
+        // a habilitation on units covers those units; one on a structure, all its units
+        if !h.services.is_empty() {
+            return Ok(h.services.contains(&unit_ref));
+        }
+        let Some(org) = &h.organization else {
+            return Ok(false);
+        };
+        Ok(live(tx, "HealthcareService", &unit, false)
+            .await?
+            .and_then(|u| reference_id(&u.body["providedBy"], "Organization"))
+            .is_some_and(|o| format!("Organization/{o}") == *org))
+    }
+
+    async fn standing(&self, tx: &mut Tx<'_>, caller: &Caller, task: &Value) -> Result<Standing> {
+        Ok(Standing {
+            receiving: self.is_receiving(tx, caller, &task["owner"]).await?,
+            sending: self.is_sending(tx, caller, &task["requester"]).await?,
+        })
+    }
+
+    /// The version of a Task before it was last cancelled: what `$reactivate` restores.
+    async fn before_cancel(&self, tx: &mut Tx<'_>, task: &Live) -> Result<Option<Value>> {
+        let mut v = task.stored.version - 1;
+        while v >= 1 {
+            if let Some(s) = tx.conn().version("Task", &task.stored.id, v).await?
+                && let Some(b) = s.body.as_deref()
+                && let Ok(body) = serde_json::from_str::<Value>(b)
+                && business_status(&body)
+                    .and_then(|c| self.rules.status(c))
+                    .is_some_and(|s| s.open)
+            {
+                return Ok(Some(body));
+            }
+            v -= 1;
+        }
+        Ok(None)
+    }
+
+    /// Makes a move on a locked Task: checks who asks and what, writes the side effects, and
+    /// returns the Task's next version (which the caller keeps).
+    async fn make_move(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        task: &Live,
+        mv: &Move,
+        input: &Input,
+    ) -> Result<Value> {
+        let standing = self.standing(tx, caller, &task.body).await?;
+        authorize(&self.rules, mv, caller, &standing)?;
+        let before = match mv.to {
+            Target::Previous => self.before_cancel(tx, task).await?,
+            Target::Status(_) => None,
+        };
+        let now = format_instant(tx.now());
+        let mut next = apply(&self.rules, mv, &task.body, input, before.as_ref(), &now)?;
+        next["lastModified"] = json!(now);
+        self.check_profile(ADMISSION_TASK, &next)?;
+        let target = format!(
+            "Task/{}/_history/{}",
+            task.stored.id,
+            task.stored.version + 1
+        );
+        self.provenance(fhir, tx, caller, &target, &mv.name, None)
+            .await?;
+        if mv.name == "request-info"
+            && let Some(message) = &input.message
+        {
+            self.communication(
+                fhir,
+                tx,
+                caller,
+                &next,
+                "message",
+                message,
+                Recipient::Sender,
+            )
+            .await?;
+        }
+        let Some(sr_id) = reference_id(&task.body["focus"], "ServiceRequest") else {
+            return Ok(next);
+        };
+        if let Some(reason) = &mv.siblings {
+            self.cancel_siblings(fhir, tx, caller, &sr_id, &task.stored.id, reason)
+                .await?;
+        }
+        let closes = business_status(&next)
+            .and_then(|c| self.rules.status(c))
+            .is_some_and(|s| !s.open);
+        let mut dossier_status = mv.dossier.clone();
+        if closes && mv.last_open.as_deref() == Some("revoke") {
+            let others = self.dossier_tasks(fhir, tx, &sr_id).await?;
+            let any_open_or_admitted =
+                others
+                    .iter()
+                    .filter(|t| t.stored.id != task.stored.id)
+                    .any(|t| {
+                        business_status(&t.body).is_some_and(|c| {
+                            c == "admitted" || self.rules.status(c).is_some_and(|s| s.open)
+                        })
+                    });
+            if !any_open_or_admitted {
+                dossier_status = Some("revoked".into());
+            }
+        }
+        if let Some(status) = dossier_status
+            && let Some(sr) = live(tx, "ServiceRequest", &sr_id, true).await?
+            && sr.body["status"] != status.as_str()
+        {
+            let mut body = sr.body.clone();
+            body["status"] = json!(status);
+            put_resource(fhir, tx, "ServiceRequest", Some(&sr_id), body, "PUT").await?;
+        }
+        Ok(next)
+    }
+
+    /// The requests of a dossier.
+    async fn dossier_tasks(&self, fhir: &Fhir, tx: &mut Tx<'_>, sr_id: &str) -> Result<Vec<Live>> {
+        let params = vec![
+            ("focus".to_owned(), format!("ServiceRequest/{sr_id}")),
+            ("_count".to_owned(), fhir.paging.max_count.to_string()),
+        ];
+        let s = fhir.parse_search("Task", &params, true)?;
+        let found = tx.conn().search(&s.query).await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|s| {
+                let body = serde_json::from_str(s.body.as_deref()?).ok()?;
+                declares(&body, ADMISSION_TASK).then_some(Live { stored: s, body })
+            })
+            .collect())
+    }
+
+    /// Cancels the dossier's other open requests (`not-selected`, `admitted-elsewhere`) and
+    /// tells their units.
+    async fn cancel_siblings(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        sr_id: &str,
+        except: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let cancel = self
+            .rules
+            .moves
+            .get("cancel")
+            .ok_or_else(|| rule("cancel", "no cancel move in mappings/task-moves.json"))?;
+        let input = Input {
+            reason: Some(json!({"system": code_system("cancellation-reason"), "code": reason})),
+            ..Input::default()
+        };
+        let now = format_instant(tx.now());
+        for t in self.dossier_tasks(fhir, tx, sr_id).await? {
+            if t.stored.id == except
+                || !business_status(&t.body)
+                    .and_then(|c| self.rules.status(c))
+                    .is_some_and(|s| s.open)
+            {
+                continue;
+            }
+            let Some(t) = live(tx, "Task", &t.stored.id, true).await? else {
+                continue;
+            };
+            let mut next = apply(&self.rules, cancel, &t.body, &input, None, &now)?;
+            next["lastModified"] = json!(now);
+            let stored =
+                put_resource(fhir, tx, "Task", Some(&t.stored.id), next.clone(), "PUT").await?;
+            let target = format!("Task/{}/_history/{}", stored.id, stored.version);
+            self.provenance(
+                fhir,
+                tx,
+                &Caller::System("workflow".into()),
+                &target,
+                "cancel",
+                caller.reference(),
+            )
+            .await?;
+            let display = self
+                .rules
+                .cancellation
+                .get(reason)
+                .map_or(reason, |r| r.display.as_str());
+            let text = format!("Demande annulée : {display}.");
+            self.communication(
+                fhir,
+                tx,
+                &Caller::System("workflow".into()),
+                &next,
+                "update-notice",
+                &text,
+                Recipient::Owner,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A Provenance for one move.
+    async fn provenance(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        target: &str,
+        move_name: &str,
+        on_behalf_of: Option<String>,
+    ) -> Result<()> {
+        let who = match caller {
+            Caller::Person(h) => json!({"reference": h.role}),
+            Caller::System(s) => json!({"display": format!("Passerelle ({s})")}),
+            Caller::Anonymous => json!({"display": "anonymous"}),
+        };
+        let mut agent = json!({
+            "type": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                "code": "author"
+            }]},
+            "who": who,
+        });
+        if let Some(b) = on_behalf_of {
+            agent["onBehalfOf"] = json!({"reference": b});
+        }
+        let mut p = json!({
+            "resourceType": "Provenance",
+            "target": [{"reference": target}],
+            "recorded": format_instant(tx.now()),
+            "activity": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "UPDATE"}],
+                "text": format!("${move_name}")
+            },
+            "agent": [agent],
+        });
+        if let Some(op) = self.rules.operations.get(move_name) {
+            p["policy"] = json!([op.url]);
+        }
+        put_resource(fhir, tx, "Provenance", None, p, "POST").await?;
+        Ok(())
+    }
+
+    /// A Communication about a request, to its unit (`Owner`) or its prescriber (`Sender`).
+    #[allow(clippy::too_many_arguments)]
+    async fn communication(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        task: &Value,
+        category: &str,
+        text: &str,
+        to: Recipient,
+    ) -> Result<Stored> {
+        let recipient = match to {
+            Recipient::Owner => task["owner"].clone(),
+            Recipient::Sender => task["requester"].clone(),
+        };
+        let mut c = json!({
+            "resourceType": "Communication",
+            "status": "completed",
+            "category": [{"coding": [{"system": code_system("communication-category"), "code": category}]}],
+            "partOf": [{"reference": format!("Task/{}", task["id"].as_str().unwrap_or_default())}],
+            "basedOn": [task["focus"].clone()],
+            "subject": task["for"].clone(),
+            "sent": format_instant(tx.now()),
+            "recipient": [recipient],
+            "payload": [{"contentString": text}],
+        });
+        if let Some(r) = caller.reference() {
+            c["sender"] = json!({"reference": r});
+        }
+        put_resource(fhir, tx, "Communication", None, c, "POST").await
+    }
+
+    /// Runs `$name` (a workflow operation) inside the request's transaction.
+    pub async fn operation(&self, fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
+        let Route::Operation { rtype, id, name } = &req.route else {
+            return Err(Error::NotFound("no operation".into()));
+        };
+        let op = self
+            .rules
+            .operations
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("operation ${name}")))?;
+        let (Some(rtype), Some(id)) = (rtype, id) else {
+            return Err(Error::NotFound(format!(
+                "${name} runs on an instance: {}/[id]/${name}",
+                op.resources.join(" or ")
+            )));
+        };
+        if !op.resources.contains(rtype) {
+            return Err(Error::NotFound(format!("${name} does not run on {rtype}")));
+        }
+        let params = parameters(name, op, req.body.as_ref())?;
+        let input = Input {
+            window: params.one("window").cloned().or_else(|| {
+                params
+                    .one("approximate-date")
+                    .map(|d| json!({"start": d, "end": d}))
+            }),
+            date: params
+                .one("date")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            reason: params.one("reason").cloned(),
+            comment: params
+                .one("comment")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            message: params
+                .one("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        };
+        match (rtype.as_str(), name.as_str()) {
+            ("ServiceRequest", "send") => self.send(fhir, tx, req, id, &params).await,
+            ("ServiceRequest", "cancel") => self.cancel_dossier(fhir, tx, req, id, &input).await,
+            ("ServiceRequest", "update") => self.update_dossier(fhir, tx, req, id, &params).await,
+            ("Task", "remind") => self.remind(fhir, tx, req, id, &input).await,
+            ("Task", _) => {
+                let mv = self
+                    .rules
+                    .moves
+                    .get(name)
+                    .ok_or_else(|| Error::NotFound(format!("operation ${name}")))?
+                    .clone();
+                let task = self.lock_task(tx, id, req.if_match).await?;
+                let next = self
+                    .make_move(fhir, tx, &req.caller, &task, &mv, &input)
+                    .await?;
+                let stored = put_resource(fhir, tx, "Task", Some(id), next, "PUT").await?;
+                Ok(Resp::stored(fhir, StatusCode::OK, &stored))
+            }
+            _ => Err(Error::NotFound(format!("${name} on {rtype}"))),
+        }
+    }
+
+    /// Takes the dossier's lock, then the Task's row, and checks `If-Match`.
+    async fn lock_task(&self, tx: &mut Tx<'_>, id: &str, if_match: Option<i64>) -> Result<Live> {
+        let peek = live(tx, "Task", id, false)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Task/{id} not found")))?;
+        if !declares(&peek.body, ADMISSION_TASK) {
+            return Err(rule(
+                "admission-task",
+                format!("Task/{id} is not an AdmissionTask"),
+            ));
+        }
+        if let Some(sr) = reference_id(&peek.body["focus"], "ServiceRequest") {
+            tx.lock_key(&dossier_key(&sr)).await?;
+        }
+        let task = live(tx, "Task", id, true)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("Task/{id} not found")))?;
+        if let Some(expected) = if_match
+            && expected != task.stored.version
+        {
+            return Err(Error::PreconditionFailed(format!(
+                "If-Match W/\"{expected}\" but Task/{id} is at W/\"{}\"",
+                task.stored.version
+            )));
+        }
+        Ok(task)
+    }
+
+    async fn lock_dossier(&self, tx: &mut Tx<'_>, id: &str, if_match: Option<i64>) -> Result<Live> {
+        tx.lock_key(&dossier_key(id)).await?;
+        let sr = live(tx, "ServiceRequest", id, true)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("ServiceRequest/{id} not found")))?;
+        if !declares(&sr.body, ADMISSION_REQUEST) {
+            return Err(rule(
+                "admission-request",
+                format!("ServiceRequest/{id} is not an AdmissionRequest"),
+            ));
+        }
+        if let Some(expected) = if_match
+            && expected != sr.stored.version
+        {
+            return Err(Error::PreconditionFailed(format!(
+                "If-Match W/\"{expected}\" but ServiceRequest/{id} is at W/\"{}\"",
+                sr.stored.version
+            )));
+        }
+        Ok(sr)
+    }
+
+    /// Checks the caller may act for the dossier's prescriber side with `right`.
+    async fn prescriber(
+        &self,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        sr: &Value,
+        op: &str,
+    ) -> Result<()> {
+        let h = match caller {
+            Caller::Person(h) => h,
+            Caller::System(_) => return Ok(()),
+            Caller::Anonymous => {
+                return Err(Error::Unauthorized(format!(
+                    "${op} needs an identified caller (X-Passerelle-Role in dev mode)"
+                )));
+            }
+        };
+        let allowed = self
+            .rules
+            .profiles
+            .get(&h.profile)
+            .is_some_and(|p| p.rights.contains("request-send"));
+        if !allowed {
+            return Err(Error::forbidden(format!(
+                "${op} needs the right `request-send`, which the profile `{}` does not have",
+                h.profile
+            )));
+        }
+        if !self.is_sending(tx, caller, &sr["requester"]).await? {
+            return Err(Error::forbidden(format!(
+                "${op} is made by the dossier's prescribing structure; {} is not of it",
+                h.role
+            )));
+        }
+        Ok(())
+    }
+
+    /// `$send`: one AdmissionTask per unit.
+    async fn send(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        req: &Req,
+        id: &str,
+        params: &Params,
+    ) -> Result<Resp> {
+        let sr = self.lock_dossier(tx, id, req.if_match).await?;
+        self.prescriber(tx, &req.caller, &sr.body, "send").await?;
+        let status = sr.body["status"].as_str().unwrap_or_default();
+        if status != "draft" && status != "active" {
+            return Err(rule(
+                "dossier-status ($send)",
+                format!("a `{status}` dossier cannot be sent"),
+            ));
+        }
+        self.check_parts(tx, &sr.body).await?;
+        let existing = self.dossier_tasks(fhir, tx, id).await?;
+        let authored = existing
+            .iter()
+            .filter_map(|t| t.body["authoredOn"].as_str())
+            .min()
+            .map(str::to_owned)
+            .unwrap_or_else(|| format_instant(tx.now()));
+        let number = sr.body["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["system"] == DOSSIER_SYSTEM)
+            .cloned()
+            .ok_or_else(|| rule("dossier-number", "the dossier has no number"))?;
+        let mut entries = Vec::new();
+        for (i, unit) in params.all("unit").iter().enumerate() {
+            let at = format!("Parameters.parameter[unit][{i}]");
+            let unit_id = reference_id(unit, "HealthcareService").ok_or_else(|| {
+                Error::Unprocessable(vec![
+                    Issue::error("value", "a unit is a Reference to a HealthcareService").at(&at),
+                ])
+            })?;
+            let hs = live(tx, "HealthcareService", &unit_id, false)
+                .await?
+                .filter(|u| u.body["active"] != false)
+                .ok_or_else(|| {
+                    Error::Unprocessable(vec![
+                        Issue::error(
+                            "business-rule",
+                            format!("send-unit: HealthcareService/{unit_id} is not an active unit of the directory"),
+                        )
+                        .at(&at),
+                    ])
+                })?;
+            let owner = json!({"reference": format!("HealthcareService/{unit_id}")});
+            let already = existing.iter().any(|t| {
+                t.body["owner"] == owner
+                    && business_status(&t.body)
+                        .and_then(|c| self.rules.status(c))
+                        .is_some_and(|s| s.open)
+            });
+            if already {
+                return Err(Error::Conflict(format!(
+                    "$send: the dossier already has an open request to HealthcareService/{unit_id}"
+                )));
+            }
+            let now = format_instant(tx.now());
+            let sent = self
+                .rules
+                .status("sent")
+                .ok_or_else(|| rule("send", "no business status `sent`"))?;
+            let task = json!({
+                "resourceType": "Task",
+                "meta": {"profile": [ADMISSION_TASK]},
+                "groupIdentifier": number,
+                "status": sent.task_status,
+                "businessStatus": {"coding": [{"system": code_system("business-status"), "code": "sent", "display": sent.display}]},
+                "intent": "order",
+                "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]},
+                "description": hs.body["name"].as_str().map(|n| format!("Demande d'admission : {n}")),
+                "focus": {"reference": format!("ServiceRequest/{id}")},
+                "for": sr.body["subject"],
+                "authoredOn": authored,
+                "lastModified": now,
+                "requester": sr.body["requester"],
+                "owner": owner,
+            });
+            let mut task = task;
+            if task["description"].is_null()
+                && let Some(o) = task.as_object_mut()
+            {
+                o.remove("description");
+            }
+            self.check_profile(ADMISSION_TASK, &task)?;
+            let stored = put_resource(fhir, tx, "Task", None, task, "POST").await?;
+            let target = format!("Task/{}/_history/{}", stored.id, stored.version);
+            self.provenance(fhir, tx, &req.caller, &target, "send", None)
+                .await?;
+            entries.push(stored);
+        }
+        if status == "draft" {
+            let mut body = sr.body.clone();
+            body["status"] = json!("active");
+            put_resource(fhir, tx, "ServiceRequest", Some(id), body, "PUT").await?;
+        }
+        Ok(bundle_of(fhir, &entries))
+    }
+
+    /// A dossier is sent only with its three parts completed.
+    async fn check_parts(&self, tx: &mut Tx<'_>, sr: &Value) -> Result<()> {
+        let mut completed = Vec::new();
+        for r in sr["supportingInfo"].as_array().into_iter().flatten() {
+            if let Some(qr) = reference_id(r, "QuestionnaireResponse")
+                && let Some(qr) = live(tx, "QuestionnaireResponse", &qr, false).await?
+                && qr.body["status"] == "completed"
+                && let Some(q) = qr.body["questionnaire"].as_str()
+            {
+                completed.push(q.split('|').next().unwrap_or(q).to_owned());
+            }
+        }
+        let missing: Vec<String> = self
+            .rules
+            .files
+            .values()
+            .filter(|f| f["resourceType"] == "Questionnaire")
+            .filter_map(|q| q["url"].as_str())
+            .filter(|url| !completed.iter().any(|c| c == url))
+            .map(str::to_owned)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Unprocessable(vec![
+                Issue::error(
+                    "business-rule",
+                    format!(
+                        "parts-completed: the dossier's parts must be completed before it is sent; missing: {}",
+                        missing.join(", ")
+                    ),
+                )
+                .at("ServiceRequest.supportingInfo"),
+            ]))
+        }
+    }
+
+    /// `$cancel` on a dossier: every open request is cancelled (then the dossier is revoked).
+    async fn cancel_dossier(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        req: &Req,
+        id: &str,
+        input: &Input,
+    ) -> Result<Resp> {
+        let sr = self.lock_dossier(tx, id, req.if_match).await?;
+        self.prescriber(tx, &req.caller, &sr.body, "cancel").await?;
+        let cancel = self
+            .rules
+            .moves
+            .get("cancel")
+            .ok_or_else(|| rule("cancel", "no cancel move"))?
+            .clone();
+        let mut out = Vec::new();
+        let tasks = self.dossier_tasks(fhir, tx, id).await?;
+        let open: Vec<&Live> = tasks
+            .iter()
+            .filter(|t| {
+                business_status(&t.body)
+                    .and_then(|c| self.rules.status(c))
+                    .is_some_and(|s| s.open)
+            })
+            .collect();
+        if open.is_empty() && sr.body["status"] != "draft" {
+            return Err(Error::Conflict(format!(
+                "$cancel: ServiceRequest/{id} has no open request left"
+            )));
+        }
+        for t in open {
+            let Some(t) = live(tx, "Task", &t.stored.id, true).await? else {
+                continue;
+            };
+            let next = self
+                .make_move(fhir, tx, &req.caller, &t, &cancel, input)
+                .await?;
+            out.push(put_resource(fhir, tx, "Task", Some(&t.stored.id), next, "PUT").await?);
+        }
+        if let Some(sr) = live(tx, "ServiceRequest", id, true).await?
+            && sr.body["status"] == "draft"
+        {
+            let mut body = sr.body.clone();
+            body["status"] = json!("revoked");
+            put_resource(fhir, tx, "ServiceRequest", Some(id), body, "PUT").await?;
+        }
+        Ok(bundle_of(fhir, &out))
+    }
+
+    /// `$remind`: allowed once the other side has been silent for the configured delay.
+    async fn remind(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        req: &Req,
+        id: &str,
+        input: &Input,
+    ) -> Result<Resp> {
+        let task = self.lock_task(tx, id, req.if_match).await?;
+        let standing = self.standing(tx, &req.caller, &task.body).await?;
+        let mv = Move {
+            name: "remind".into(),
+            by: vec![rules::Side::Sending, rules::Side::Receiving],
+            right: if standing.receiving {
+                "request-answer"
+            } else {
+                "request-send"
+            }
+            .into(),
+            from: vec![],
+            to: Target::Previous,
+            siblings: None,
+            dossier: None,
+            last_open: None,
+        };
+        authorize(&self.rules, &mv, &req.caller, &standing)?;
+        let state = business_status(&task.body).unwrap_or_default();
+        let (wanted, to) = if standing.sending {
+            ("agreed-in-principle", Recipient::Owner)
+        } else {
+            ("admission-proposed", Recipient::Sender)
+        };
+        if state != wanted {
+            return Err(rule(
+                "remind-state",
+                format!("a reminder from this side is for a request `{wanted}`, not `{state}`"),
+            ));
+        }
+        let silent = tx.now() - task.stored.last_updated;
+        if silent < self.delays.remind_after {
+            return Err(rule(
+                "remind-72h",
+                format!(
+                    "a reminder is allowed {} h after the last change; it has been {} h",
+                    self.delays.remind_after / HOUR,
+                    silent / HOUR
+                ),
+            ));
+        }
+        let text = input
+            .message
+            .clone()
+            .unwrap_or_else(|| "Relance : merci de donner suite à cette demande.".into());
+        let c = self
+            .communication(fhir, tx, &req.caller, &task.body, "reminder", &text, to)
+            .await?;
+        let target = format!("Task/{id}/_history/{}", task.stored.version);
+        self.provenance(fhir, tx, &req.caller, &target, "remind", None)
+            .await?;
+        Ok(Resp::stored(fhir, StatusCode::CREATED, &c))
+    }
+
+    /// `$update`: new versions of the parts; every open request's unit is told; the
+    /// requests keep their initial send date.
+    async fn update_dossier(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        req: &Req,
+        id: &str,
+        params: &Params,
+    ) -> Result<Resp> {
+        let sr = self.lock_dossier(tx, id, req.if_match).await?;
+        self.prescriber(tx, &req.caller, &sr.body, "update").await?;
+        if sr.body["status"] != "active" {
+            return Err(rule(
+                "dossier-status ($update)",
+                format!(
+                    "only a sent (active) dossier is updated this way, not a `{}` one",
+                    sr.body["status"].as_str().unwrap_or_default()
+                ),
+            ));
+        }
+        let mut body = sr.body.clone();
+        for (i, part) in params.all("part").iter().enumerate() {
+            let qr = reference_id(part, "QuestionnaireResponse").ok_or_else(|| {
+                Error::Unprocessable(vec![
+                    Issue::error("value", "a part is a Reference to a QuestionnaireResponse")
+                        .at(format!("Parameters.parameter[part][{i}]")),
+                ])
+            })?;
+            if live(tx, "QuestionnaireResponse", &qr, false)
+                .await?
+                .is_none()
+            {
+                return Err(Error::Unprocessable(vec![
+                    Issue::error("not-found", format!("QuestionnaireResponse/{qr} not found"))
+                        .at(format!("Parameters.parameter[part][{i}]")),
+                ]));
+            }
+            let r = json!({"reference": format!("QuestionnaireResponse/{qr}")});
+            let list = body["supportingInfo"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !list.contains(&r) {
+                let mut list = list;
+                list.push(r);
+                body["supportingInfo"] = json!(list);
+            }
+        }
+        self.check_parts(tx, &body).await?;
+        if body != sr.body {
+            put_resource(fhir, tx, "ServiceRequest", Some(id), body, "PUT").await?;
+        }
+        let text = params
+            .one("message")
+            .and_then(Value::as_str)
+            .unwrap_or("Le dossier a été mis à jour.")
+            .to_owned();
+        let mut out = Vec::new();
+        for t in self.dossier_tasks(fhir, tx, id).await? {
+            if business_status(&t.body)
+                .and_then(|c| self.rules.status(c))
+                .is_some_and(|s| s.open)
+            {
+                out.push(
+                    self.communication(
+                        fhir,
+                        tx,
+                        &req.caller,
+                        &t.body,
+                        "update-notice",
+                        &text,
+                        Recipient::Owner,
+                    )
+                    .await?,
+                );
+            }
+        }
+        let target = format!("ServiceRequest/{id}/_history/{}", sr.stored.version);
+        self.provenance(fhir, tx, &req.caller, &target, "update", None)
+            .await?;
+        Ok(bundle_of(fhir, &out))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Recipient {
+    Owner,
+    Sender,
+}
+
+/// An operation's input parameters, by name (their `value[x]`).
+struct Params(BTreeMap<String, Vec<Value>>);
+
+impl Params {
+    fn one(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).and_then(|v| v.first())
+    }
+    fn all(&self, name: &str) -> &[Value] {
+        self.0.get(name).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Reads a `Parameters` body against the operation's definition: unknown names are 400,
+/// missing required ones and wrong types 422.
+fn parameters(name: &str, op: &rules::Operation, body: Option<&Value>) -> Result<Params> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    if let Some(b) = body {
+        if b["resourceType"] != "Parameters" {
+            return Err(Error::invalid_at(
+                "invalid",
+                format!("${name} takes a Parameters resource"),
+                "resourceType",
+            ));
+        }
+        for (i, p) in b["parameter"].as_array().into_iter().flatten().enumerate() {
+            let at = format!("Parameters.parameter[{i}]");
+            let pname = p["name"].as_str().unwrap_or_default();
+            let def = op.params.get(pname).ok_or_else(|| {
+                Error::invalid_at(
+                    "not-supported",
+                    format!(
+                        "${name} has no parameter `{pname}`; it takes {}",
+                        op.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    at.clone(),
+                )
+            })?;
+            let key = format!(
+                "value{}{}",
+                def.ptype[..1].to_ascii_uppercase(),
+                &def.ptype[1..]
+            );
+            let v = p.get(&key).ok_or_else(|| {
+                Error::Unprocessable(vec![
+                    Issue::error(
+                        "value",
+                        format!("${name}: `{pname}` is a {} ({key})", def.ptype),
+                    )
+                    .at(format!("{at}.{key}")),
+                ])
+            })?;
+            out.entry(pname.to_owned()).or_default().push(v.clone());
+        }
+    }
+    for (pname, def) in &op.params {
+        let n = out.get(pname).map_or(0, Vec::len) as u32;
+        if n < def.min {
+            return Err(Error::Unprocessable(vec![
+                Issue::error("required", format!("${name} needs the parameter `{pname}`"))
+                    .at(format!("Parameters.parameter[{pname}]")),
+            ]));
+        }
+        if def.max.is_some_and(|m| n > m) {
+            return Err(Error::Unprocessable(vec![
+                Issue::error("structure", format!("${name}: `{pname}` given {n} times"))
+                    .at(format!("Parameters.parameter[{pname}]")),
+            ]));
+        }
+    }
+    Ok(Params(out))
+}
+
+/// A `collection` Bundle of stored resources (what `$send` and the dossier-wide `$cancel`
+/// return).
+fn bundle_of(fhir: &Fhir, stored: &[Stored]) -> Resp {
+    let entries: Vec<Value> = stored
+        .iter()
+        .filter_map(|s| {
+            let r: Value = serde_json::from_str(s.body.as_deref()?).ok()?;
+            Some(json!({"fullUrl": format!("{}/{}/{}", fhir.base, s.rtype, s.id), "resource": r}))
+        })
+        .collect();
+    Resp::json(
+        StatusCode::OK,
+        json!({"resourceType": "Bundle", "type": "collection", "entry": entries}),
+    )
+}

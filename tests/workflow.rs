@@ -1,0 +1,741 @@
+//! The admission workflow over HTTP (contract §3): dossiers, `$send`, every move as an
+//! operation and as a plain `PUT`, who may move, the side effects, on both engines and in
+//! both formats.
+
+mod common;
+
+use common::{Acting, Gateway};
+use serde_json::{Value, json};
+
+const CS: &str = "https://passerelle.dev/fhir/CodeSystem/";
+const TASK_PROFILE: &str = "https://passerelle.dev/fhir/StructureDefinition/AdmissionTask";
+const SR_PROFILE: &str = "https://passerelle.dev/fhir/StructureDefinition/AdmissionRequest";
+
+/// The roles of the test world (PractitionerRole ids).
+const DOC: &str = "role-doc"; // prescripteur médical, prescribing structure
+const ADMIN: &str = "role-admin"; // gestionnaire administratif et social, same structure
+const U1: &str = "role-u1"; // responsable admission of unit u1
+const U2: &str = "role-u2";
+const U3: &str = "role-u3";
+const REFERENT: &str = "role-ref";
+
+fn role(id: &str, profile: &str, org: &str, unit: Option<&str>) -> Value {
+    let mut r = json!({
+        "resourceType": "PractitionerRole",
+        "id": id,
+        "active": true,
+        "practitioner": {"reference": format!("Practitioner/p-{id}")},
+        "organization": {"reference": format!("Organization/{org}")},
+        "code": [{"coding": [{"system": format!("{CS}habilitation-profile"), "code": profile}]}]
+    });
+    if let Some(u) = unit {
+        r["healthcareService"] = json!([{"reference": format!("HealthcareService/{u}")}]);
+    }
+    r
+}
+
+/// The directory and accounts (written anonymously, as dev mode allows), a patient, the three
+/// completed parts and a draft dossier written by the prescriber. Returns the dossier's id.
+async fn world(gw: &Gateway) -> String {
+    let put = |rtype: &str, body: Value| {
+        let path = format!("{rtype}/{}", body["id"].as_str().unwrap());
+        async move { gw.put(&path, &body).await.expect(201) }
+    };
+    put(
+        "Organization",
+        json!({"resourceType": "Organization", "id": "org-chu", "name": "CHU Test"}),
+    )
+    .await;
+    put(
+        "Organization",
+        json!({"resourceType": "Organization", "id": "org-smr", "name": "Clinique SMR"}),
+    )
+    .await;
+    for u in ["u1", "u2", "u3"] {
+        put(
+            "HealthcareService",
+            json!({"resourceType": "HealthcareService", "id": u, "active": true,
+                   "providedBy": {"reference": "Organization/org-smr"}, "name": format!("Unité {u}")}),
+        )
+        .await;
+    }
+    for (id, profile, org, unit) in [
+        (DOC, "prescripteur-medical", "org-chu", None),
+        (ADMIN, "gestionnaire-administratif-social", "org-chu", None),
+        (REFERENT, "referent", "org-chu", None),
+        (U1, "responsable-admission", "org-smr", Some("u1")),
+        (U2, "responsable-admission", "org-smr", Some("u2")),
+        (U3, "responsable-admission", "org-smr", Some("u3")),
+    ] {
+        put("PractitionerRole", role(id, profile, org, unit)).await;
+    }
+    let doc = gw.acting(DOC);
+    doc.put(
+        "Patient/pat",
+        &json!({"resourceType": "Patient", "id": "pat", "name": [{"family": "Martin", "given": ["Jeanne"]}]}),
+    )
+    .await
+    .expect(201);
+    let mut parts = Vec::new();
+    for q in [
+        "volet-medical",
+        "volet-soins-projet",
+        "volet-administratif-social",
+    ] {
+        let qr = doc
+            .post(
+                "QuestionnaireResponse",
+                &json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+                        "questionnaire": format!("https://passerelle.dev/fhir/Questionnaire/{q}"),
+                        "subject": {"reference": "Patient/pat"}}),
+            )
+            .await
+            .expect(201)
+            .json();
+        parts.push(
+            json!({"reference": format!("QuestionnaireResponse/{}", qr["id"].as_str().unwrap())}),
+        );
+    }
+    let sr = doc
+        .post("ServiceRequest", &dossier(json!(parts)))
+        .await
+        .expect(201)
+        .json();
+    sr["id"].as_str().unwrap().to_owned()
+}
+
+fn dossier(parts: Value) -> Value {
+    let mut d = json!({
+        "resourceType": "ServiceRequest",
+        "meta": {"profile": [SR_PROFILE]},
+        "status": "draft",
+        "intent": "order",
+        "category": [{"coding": [{"system": format!("{CS}orientation-module"), "code": "smr"}]}],
+        "subject": {"reference": "Patient/pat"},
+        "requester": {"reference": format!("PractitionerRole/{DOC}")},
+        "occurrenceDateTime": "2026-12-01",
+        "supportingInfo": parts
+    });
+    if d["supportingInfo"] == json!([]) {
+        d.as_object_mut().unwrap().remove("supportingInfo");
+    }
+    d
+}
+
+fn params(list: Value) -> Value {
+    json!({"resourceType": "Parameters", "parameter": list})
+}
+
+fn none() -> Value {
+    json!({"resourceType": "Parameters"})
+}
+
+fn reason(system: &str, code: &str) -> Value {
+    params(
+        json!([{"name": "reason", "valueCoding": {"system": format!("{CS}{system}"), "code": code}}]),
+    )
+}
+
+/// Sends the dossier to u1, u2, u3; returns their Task ids in that order.
+async fn send(gw: &Gateway, sr: &str) -> Vec<String> {
+    let units = json!([
+        {"name": "unit", "valueReference": {"reference": "HealthcareService/u1"}},
+        {"name": "unit", "valueReference": {"reference": "HealthcareService/u2"}},
+        {"name": "unit", "valueReference": {"reference": "HealthcareService/u3"}}
+    ]);
+    let b = gw
+        .acting(DOC)
+        .post(&format!("ServiceRequest/{sr}/$send"), &params(units))
+        .await
+        .expect(200)
+        .json();
+    b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn state(gw: &Gateway, task: &str) -> (String, String, i64) {
+    let t = gw
+        .acting(DOC)
+        .get(&format!("Task/{task}"))
+        .await
+        .expect(200)
+        .json();
+    let bs = t["businessStatus"]["coding"][0]["code"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let v = t["meta"]["versionId"].as_str().unwrap().parse().unwrap();
+    (t["status"].as_str().unwrap().to_owned(), bs, v)
+}
+
+async fn op(who: &Acting<'_>, task: &str, name: &str, body: &Value) -> common::Answer {
+    who.post(&format!("Task/{task}/${name}"), body).await
+}
+
+async fn provenances(gw: &Gateway, task: &str) -> usize {
+    let b = gw
+        .acting(DOC)
+        .get(&format!("Provenance?target=Task/{task}&_count=100"))
+        .await
+        .expect(200)
+        .json();
+    b["entry"].as_array().map_or(0, Vec::len)
+}
+
+on_both_engines!(a_dossier_gets_a_number_and_is_sent_to_three_units, |gw| {
+    let sr = world(&gw).await;
+    let doc = gw.acting(DOC);
+    let d = doc
+        .get(&format!("ServiceRequest/{sr}"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        d["identifier"][0]["system"],
+        "https://passerelle.dev/fhir/sid/dossier"
+    );
+    assert_eq!(d["identifier"][0]["value"], "s0000001");
+    let tasks = send(&gw, &sr).await;
+    assert_eq!(tasks.len(), 3);
+    for t in &tasks {
+        let task = doc.get(&format!("Task/{t}")).await.expect(200).json();
+        assert_eq!(task["status"], "requested");
+        assert_eq!(task["businessStatus"]["coding"][0]["code"], "sent");
+        assert_eq!(task["groupIdentifier"]["value"], "s0000001");
+        assert_eq!(task["focus"]["reference"], format!("ServiceRequest/{sr}"));
+        assert_eq!(task["meta"]["profile"][0], TASK_PROFILE);
+        assert_eq!(provenances(&gw, t).await, 1);
+    }
+    let d = doc
+        .get(&format!("ServiceRequest/{sr}"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(d["status"], "active");
+    // a second dossier takes the next number of its module
+    let parts = d["supportingInfo"].clone();
+    let d2 = doc
+        .post("ServiceRequest", &dossier(parts))
+        .await
+        .expect(201)
+        .json();
+    assert_eq!(d2["identifier"][0]["value"], "s0000002");
+    // sending again to a unit with an open request is a conflict, and changes nothing
+    let again =
+        params(json!([{"name": "unit", "valueReference": {"reference": "HealthcareService/u1"}}]));
+    doc.post(&format!("ServiceRequest/{sr}/$send"), &again)
+        .await
+        .expect(409);
+    assert_eq!(
+        gw.acting(DOC).get("Task?_summary=count").await.json()["total"],
+        3
+    );
+});
+
+on_both_engines!(dossier_writes_and_sends_are_checked, |gw| {
+    let sr = world(&gw).await;
+    let d = gw
+        .acting(DOC)
+        .get(&format!("ServiceRequest/{sr}"))
+        .await
+        .expect(200)
+        .json();
+    // the number is the gateway's
+    let mut own = dossier(d["supportingInfo"].clone());
+    own["identifier"] =
+        json!([{"system": "https://passerelle.dev/fhir/sid/dossier", "value": "s9"}]);
+    let a = gw
+        .acting(DOC)
+        .post("ServiceRequest", &own)
+        .await
+        .expect(422);
+    assert!(
+        a.diagnostics().contains("dossier-number"),
+        "{}",
+        a.diagnostics()
+    );
+    // a profile rule: no module
+    let mut bad = dossier(d["supportingInfo"].clone());
+    bad["category"] = json!([{"text": "SMR"}]);
+    gw.acting(DOC)
+        .post("ServiceRequest", &bad)
+        .await
+        .expect(422);
+    // who: anonymous, a receiving unit, a referent
+    gw.post("ServiceRequest", &dossier(json!([])))
+        .await
+        .expect(401);
+    gw.acting(U1)
+        .post("ServiceRequest", &dossier(json!([])))
+        .await
+        .expect(403);
+    gw.acting(REFERENT)
+        .post("ServiceRequest", &dossier(json!([])))
+        .await
+        .expect(403);
+    // a dossier without its parts is not sent
+    let empty = gw
+        .acting(DOC)
+        .post("ServiceRequest", &dossier(json!([])))
+        .await
+        .expect(201)
+        .json();
+    let unit =
+        params(json!([{"name": "unit", "valueReference": {"reference": "HealthcareService/u1"}}]));
+    let a = gw
+        .acting(DOC)
+        .post(
+            &format!("ServiceRequest/{}/$send", empty["id"].as_str().unwrap()),
+            &unit,
+        )
+        .await
+        .expect(422);
+    assert!(
+        a.diagnostics().contains("parts-completed"),
+        "{}",
+        a.diagnostics()
+    );
+    // an unknown unit, a missing parameter, an unknown parameter
+    let ghost = params(
+        json!([{"name": "unit", "valueReference": {"reference": "HealthcareService/nope"}}]),
+    );
+    gw.acting(DOC)
+        .post(&format!("ServiceRequest/{sr}/$send"), &ghost)
+        .await
+        .expect(422);
+    gw.acting(DOC)
+        .post(&format!("ServiceRequest/{sr}/$send"), &none())
+        .await
+        .expect(422);
+    let odd = params(json!([{"name": "units", "valueString": "u1"}]));
+    gw.acting(DOC)
+        .post(&format!("ServiceRequest/{sr}/$send"), &odd)
+        .await
+        .expect(400);
+    // the receiving side does not send
+    gw.acting(U1)
+        .post(&format!("ServiceRequest/{sr}/$send"), &unit)
+        .await
+        .expect(403);
+    // nothing was sent by any of that
+    assert_eq!(
+        gw.acting(DOC).get("Task?_summary=count").await.json()["total"],
+        0
+    );
+    // AdmissionTasks are made by $send only
+    let t = json!({"resourceType": "Task", "meta": {"profile": [TASK_PROFILE]}, "status": "requested", "intent": "order"});
+    let a = gw.acting(DOC).post("Task", &t).await.expect(422);
+    assert!(
+        a.diagnostics().contains("tasks-by-send"),
+        "{}",
+        a.diagnostics()
+    );
+});
+
+on_both_engines!(the_whole_story_of_a_dossier, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let (u1, u2, u3) = (gw.acting(U1), gw.acting(U2), gw.acting(U3));
+    // one reads, one agrees in principle, one refuses
+    op(&u1, &t[0], "mark-read", &none()).await.expect(200);
+    let window = params(
+        json!([{"name": "window", "valuePeriod": {"start": "2026-12-01", "end": "2026-12-15"}}]),
+    );
+    let agreed = op(&u2, &t[1], "agree-in-principle", &window)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(agreed["output"][0]["valuePeriod"]["end"], "2026-12-15");
+    let refused = op(&u3, &t[2], "refuse", &reason("refusal-reason", "no-bed"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(refused["status"], "rejected");
+    assert_eq!(refused["statusReason"]["coding"][0]["code"], "no-bed");
+    assert_eq!(refused["statusReason"]["coding"][1]["code"], "114");
+    // the agreeing one proposes a date; the prescriber confirms
+    let date = params(json!([{"name": "date", "valueDateTime": "2026-12-03T10:00:00+01:00"}]));
+    op(&u2, &t[1], "propose-admission", &date).await.expect(200);
+    assert_eq!(state(&gw, &t[1]).await.1, "admission-proposed");
+    op(&gw.acting(DOC), &t[1], "confirm", &none())
+        .await
+        .expect(200);
+    // the others are cancelled (not selected) and their units told
+    let (s, bs, _) = state(&gw, &t[0]).await;
+    assert_eq!((s.as_str(), bs.as_str()), ("cancelled", "cancelled"));
+    let t0 = gw.acting(DOC).get(&format!("Task/{}", t[0])).await.json();
+    assert_eq!(t0["statusReason"]["coding"][0]["code"], "not-selected");
+    let notes = gw
+        .acting(U1)
+        .get(&format!(
+            "Communication?part-of=Task/{}&category={CS}communication-category|update-notice",
+            t[0]
+        ))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(notes["entry"].as_array().map_or(0, Vec::len), 1, "{notes}");
+    assert_eq!(
+        state(&gw, &t[2]).await.1,
+        "refused",
+        "a refused request stays refused"
+    );
+    // the patient is admitted; the dossier is completed
+    let admitted = op(
+        &u2,
+        &t[1],
+        "admit",
+        &params(json!([{"name": "date", "valueDateTime": "2026-12-03T11:20:00+01:00"}])),
+    )
+    .await
+    .expect(200)
+    .json();
+    assert_eq!(admitted["status"], "completed");
+    let d = gw
+        .acting(DOC)
+        .get(&format!("ServiceRequest/{sr}"))
+        .await
+        .json();
+    assert_eq!(d["status"], "completed");
+    // every move left a Provenance: send + 5 moves on t[1]
+    assert_eq!(provenances(&gw, &t[1]).await, 5);
+    assert_eq!(provenances(&gw, &t[0]).await, 3, "send, mark-read, cancel");
+});
+
+on_both_engines!(bad_moves_change_nothing, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let u1 = gw.acting(U1);
+    let before = state(&gw, &t[0]).await;
+    let check = |a: common::Answer, status: u16, needle: &str| {
+        let a = a.expect(status);
+        assert!(
+            a.diagnostics().contains(needle),
+            "{needle}: {}",
+            a.diagnostics()
+        );
+    };
+    // an agreement without a window
+    check(
+        op(&u1, &t[0], "agree-in-principle", &none()).await,
+        422,
+        "window",
+    );
+    // a refusal without a reason, and `other` without a comment
+    check(op(&u1, &t[0], "refuse", &none()).await, 422, "reason");
+    check(
+        op(&u1, &t[0], "refuse", &reason("refusal-reason", "other")).await,
+        422,
+        "comment",
+    );
+    check(
+        op(
+            &u1,
+            &t[0],
+            "refuse",
+            &reason("cancellation-reason", "death"),
+        )
+        .await,
+        422,
+        "reason",
+    );
+    // a date in the wrong format
+    let bad_date = params(json!([{"name": "date", "valueDateTime": "03/12/2026"}]));
+    let a = op(&u1, &t[0], "propose-admission", &bad_date).await;
+    assert!(a.status == 400 || a.status == 422, "{}", a.text);
+    // on a Task of another unit; by the wrong side; anonymously
+    check(op(&u1, &t[1], "mark-read", &none()).await, 403, "receiving");
+    check(
+        op(&gw.acting(DOC), &t[0], "mark-read", &none()).await,
+        403,
+        "request-answer",
+    );
+    op(
+        &gw.acting(REFERENT),
+        &t[0],
+        "cancel",
+        &reason("cancellation-reason", "death"),
+    )
+    .await
+    .expect(403);
+    gw.post(&format!("Task/{}/$mark-read", t[0]), &none())
+        .await
+        .expect(401);
+    // from the wrong state
+    check(
+        op(&gw.acting(DOC), &t[0], "confirm", &none()).await,
+        422,
+        "move-from",
+    );
+    assert_eq!(state(&gw, &t[0]).await, before, "nothing changed");
+    assert_eq!(provenances(&gw, &t[0]).await, 1);
+    // twice in a row
+    op(&u1, &t[0], "mark-read", &none()).await.expect(200);
+    check(op(&u1, &t[0], "mark-read", &none()).await, 409, "already");
+    // a stale If-Match
+    let a = u1
+        .post_if_match(
+            &format!("Task/{}/$request-info", t[0]),
+            &params(json!([{"name": "message", "valueString": "Bilan ?"}])),
+            1,
+        )
+        .await;
+    a.expect(412);
+    assert_eq!(state(&gw, &t[0]).await.1, "read");
+    // the archived tag is the timer's
+    let mut task = u1.get(&format!("Task/{}", t[0])).await.json();
+    task["meta"]["tag"] = json!([{"system": format!("{CS}task-tag"), "code": "archived"}]);
+    check(
+        u1.put(&format!("Task/{}", t[0]), &task).await,
+        422,
+        "archive-by-timer",
+    );
+});
+
+on_both_engines!(a_put_that_makes_a_legal_move_is_that_move, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let u1 = gw.acting(U1);
+    let path = format!("Task/{}", t[0]);
+    let mut task = u1.get(&path).await.expect(200).json();
+    task["status"] = json!("received");
+    task["businessStatus"] =
+        json!({"coding": [{"system": format!("{CS}business-status"), "code": "read"}]});
+    let read = u1.put_if_match(&path, &task, 1).await.expect(200).json();
+    assert_eq!(read["businessStatus"]["coding"][0]["code"], "read");
+    assert_eq!(provenances(&gw, &t[0]).await, 2);
+    // refusing by PUT: the reason travels in statusReason, the NOS coding is added
+    let mut task = read.clone();
+    task["status"] = json!("rejected");
+    task["businessStatus"] =
+        json!({"coding": [{"system": format!("{CS}business-status"), "code": "refused"}]});
+    let a = u1.put(&path, &task).await.expect(422);
+    assert!(a.diagnostics().contains("reason"), "{}", a.diagnostics());
+    task["statusReason"] =
+        json!({"coding": [{"system": format!("{CS}refusal-reason"), "code": "age"}]});
+    let refused = u1.put(&path, &task).await.expect(200).json();
+    assert_eq!(refused["statusReason"]["coding"][1]["code"], "122");
+    // a PUT that changes anything else is refused
+    let mut other = u1.get(&format!("Task/{}", t[1])).await.json();
+    other["owner"] = json!({"reference": "HealthcareService/u1"});
+    let a = gw
+        .acting(U2)
+        .put(&format!("Task/{}", t[1]), &other)
+        .await
+        .expect(422);
+    assert!(a.diagnostics().contains("owner"), "{}", a.diagnostics());
+    // a stale version loses
+    let mut stale = u1.get(&format!("Task/{}", t[2])).await.json();
+    stale["status"] = json!("received");
+    stale["businessStatus"] =
+        json!({"coding": [{"system": format!("{CS}business-status"), "code": "read"}]});
+    gw.acting(U3)
+        .put_if_match(&format!("Task/{}", t[2]), &stale, 7)
+        .await
+        .expect(412);
+    // and the wrong unit may not move by PUT either
+    gw.acting(U1)
+        .put(&format!("Task/{}", t[2]), &stale)
+        .await
+        .expect(403);
+});
+
+on_both_engines!(cancel_revoke_and_reactivate, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let doc = gw.acting(DOC);
+    let window = params(json!([{"name": "approximate-date", "valueDate": "2026-12-10"}]));
+    let agreed = op(&gw.acting(U2), &t[1], "agree-in-principle", &window)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        agreed["output"][0]["valuePeriod"],
+        json!({"start": "2026-12-10", "end": "2026-12-10"})
+    );
+    // cancel one, then reactivate it: the exact state it left
+    op(
+        &doc,
+        &t[1],
+        "cancel",
+        &reason("cancellation-reason", "patient-wish"),
+    )
+    .await
+    .expect(200);
+    let back = op(&doc, &t[1], "reactivate", &none())
+        .await
+        .expect(200)
+        .json();
+    for k in ["status", "businessStatus", "output"] {
+        assert_eq!(back[k], agreed[k], "{k}");
+    }
+    assert!(back.get("statusReason").is_none());
+    op(&doc, &t[1], "reactivate", &none()).await.expect(422);
+    // cancelling the whole dossier cancels every open request and revokes it
+    let b = doc
+        .post(
+            &format!("ServiceRequest/{sr}/$cancel"),
+            &reason("cancellation-reason", "death"),
+        )
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(b["entry"].as_array().unwrap().len(), 3);
+    let d = doc.get(&format!("ServiceRequest/{sr}")).await.json();
+    assert_eq!(d["status"], "revoked");
+    // reactivating one brings the dossier back
+    op(&doc, &t[0], "reactivate", &none()).await.expect(200);
+    assert_eq!(state(&gw, &t[0]).await.1, "sent");
+    let d = doc.get(&format!("ServiceRequest/{sr}")).await.json();
+    assert_eq!(d["status"], "active");
+    // `other` needs its comment
+    let mut other = reason("cancellation-reason", "other");
+    op(&doc, &t[0], "cancel", &other).await.expect(422);
+    other["parameter"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "comment", "valueString": "transfert en réanimation"}));
+    let c = op(&doc, &t[0], "cancel", &other).await.expect(200).json();
+    assert_eq!(c["statusReason"]["text"], "transfert en réanimation");
+});
+
+on_both_engines!(update_tells_every_open_unit_and_keeps_the_send_date, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let doc = gw.acting(DOC);
+    let authored = doc.get(&format!("Task/{}", t[0])).await.json()["authoredOn"].clone();
+    op(
+        &gw.acting(U3),
+        &t[2],
+        "refuse",
+        &reason("refusal-reason", "age"),
+    )
+    .await
+    .expect(200);
+    let qr = doc
+        .post(
+            "QuestionnaireResponse",
+            &json!({"resourceType": "QuestionnaireResponse", "status": "completed",
+                    "questionnaire": "https://passerelle.dev/fhir/Questionnaire/volet-medical",
+                    "subject": {"reference": "Patient/pat"}}),
+        )
+        .await
+        .expect(201)
+        .json();
+    let p = params(json!([
+        {"name": "part", "valueReference": {"reference": format!("QuestionnaireResponse/{}", qr["id"].as_str().unwrap())}},
+        {"name": "message", "valueString": "Aggravation : oxygène 2 L/min."}
+    ]));
+    let b = doc
+        .post(&format!("ServiceRequest/{sr}/$update"), &p)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        b["entry"].as_array().unwrap().len(),
+        2,
+        "the two open requests are told"
+    );
+    let d = doc.get(&format!("ServiceRequest/{sr}")).await.json();
+    assert_eq!(d["supportingInfo"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        doc.get(&format!("Task/{}", t[0])).await.json()["authoredOn"],
+        authored
+    );
+    // a unit does not update a dossier
+    gw.acting(U1)
+        .post(&format!("ServiceRequest/{sr}/$update"), &p)
+        .await
+        .expect(403);
+});
+
+/// Two clicks racing on the same version: one wins, the other gets 412.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_moves_leave_one_winner() {
+    for engine in [common::Engine::Sqlite, common::Engine::Postgres] {
+        let Some(gw) = common::spawn(engine).await else {
+            continue;
+        };
+        let sr = world(&gw).await;
+        let t = send(&gw, &sr).await;
+        let u1 = gw.acting(U1);
+        let path = format!("Task/{}/$mark-read", t[0]);
+        let empty = none();
+        let (a, b) = tokio::join!(
+            u1.post_if_match(&path, &empty, 1),
+            u1.post_if_match(&path, &empty, 1)
+        );
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(statuses, [200, 412], "{engine:?}: {} / {}", a.text, b.text);
+        // two prescribers confirming two units at once: one confirmation, one refusal
+        let date = params(json!([{"name": "date", "valueDateTime": "2026-12-03"}]));
+        op(&gw.acting(U2), &t[1], "propose-admission", &date)
+            .await
+            .expect(200);
+        op(&gw.acting(U3), &t[2], "propose-admission", &date)
+            .await
+            .expect(200);
+        let doc = gw.acting(DOC);
+        let (p1, p2) = (
+            format!("Task/{}/$confirm", t[1]),
+            format!("Task/{}/$confirm", t[2]),
+        );
+        let (a, b) = tokio::join!(doc.post(&p1, &empty), doc.post(&p2, &empty));
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(statuses, [200, 422], "{engine:?}: {} / {}", a.text, b.text);
+        let confirmed = [state(&gw, &t[1]).await.1, state(&gw, &t[2]).await.1];
+        assert_eq!(confirmed.iter().filter(|s| *s == "confirmed").count(), 1);
+    }
+}
+
+#[tokio::test]
+async fn reminders_wait_for_72_hours() {
+    for engine in [common::Engine::Sqlite, common::Engine::Postgres] {
+        let clock = passerelle::time::ManualClock::new(1_795_000_000_000_000);
+        let opts = common::Options {
+            clock: Some(clock.clone()),
+            format: common::Format::Json,
+        };
+        let Some(gw) = common::spawn_with(engine, opts).await else {
+            continue;
+        };
+        let sr = world(&gw).await;
+        let t = send(&gw, &sr).await;
+        let window = params(json!([{"name": "window", "valuePeriod": {"start": "2026-12-01"}}]));
+        op(&gw.acting(U1), &t[0], "agree-in-principle", &window)
+            .await
+            .expect(200);
+        let doc = gw.acting(DOC);
+        let a = op(&doc, &t[0], "remind", &none()).await.expect(422);
+        assert!(
+            a.diagnostics().contains("remind-72h"),
+            "{}",
+            a.diagnostics()
+        );
+        clock.advance(71 * 3_600_000_000);
+        op(&doc, &t[0], "remind", &none()).await.expect(422);
+        clock.advance(2 * 3_600_000_000);
+        let c = op(
+            &doc,
+            &t[0],
+            "remind",
+            &params(json!([{"name": "message", "valueString": "Une date ?"}])),
+        )
+        .await
+        .expect(201)
+        .json();
+        assert_eq!(c["resourceType"], "Communication");
+        assert_eq!(c["recipient"][0]["reference"], "HealthcareService/u1");
+        assert_eq!(c["category"][0]["coding"][0]["code"], "reminder");
+        // the unit reminds only about its own unconfirmed proposal
+        op(&gw.acting(U1), &t[0], "remind", &none())
+            .await
+            .expect(422);
+    }
+}
