@@ -33,6 +33,10 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    #[error(
+        "listen = {0}: without a Pro Santé Connect issuer the gateway runs in dev auth mode, which takes the caller from a header and so binds to loopback only (127.0.0.1 or ::1)"
+    )]
+    DevModeNotLoopback(String),
     #[error("cannot publish the conformance resources: {0}")]
     Publish(String),
     #[error("server error: {0}")]
@@ -143,6 +147,13 @@ async fn metrics(State(app): State<App>) -> Response {
 /// Runs the gateway until SIGINT/SIGTERM, then finishes the requests under way.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let addr = config.listen_addr()?;
+    // Dev auth mode (contract §4): anyone who can reach the port can claim any habilitation.
+    if !addr.ip().is_loopback() {
+        return Err(ServeError::DevModeNotLoopback(addr.to_string()));
+    }
+    tracing::warn!(
+        "dev auth mode: callers are taken from the X-Passerelle-Role header; listening on loopback only"
+    );
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind {

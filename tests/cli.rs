@@ -87,3 +87,25 @@ fn configuration_errors_name_the_file_and_key() {
     assert!(err.contains("/nonexistent/p.toml"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn dev_auth_mode_refuses_to_listen_beyond_loopback() {
+    let dir = temp_dir("devmode");
+    let out = passerelle()
+        .arg("serve")
+        .env("PASSERELLE_LISTEN", "0.0.0.0:0")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("x.db").display()),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0.0.0.0") && err.contains("loopback"), "{err}");
+    assert!(
+        !dir.join("x.db").exists(),
+        "refused before touching the database"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

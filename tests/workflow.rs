@@ -739,3 +739,209 @@ async fn reminders_wait_for_72_hours() {
             .expect(422);
     }
 }
+
+const DAY: i64 = 24 * 3_600_000_000;
+
+async fn clocked(engine: common::Engine) -> Option<(Gateway, passerelle::time::ManualClock)> {
+    let clock = passerelle::time::ManualClock::new(1_795_000_000_000_000);
+    let opts = common::Options {
+        clock: Some(clock.clone()),
+        format: common::Format::Json,
+    };
+    common::spawn_with(engine, opts).await.map(|gw| (gw, clock))
+}
+
+async fn tick(gw: &Gateway) -> passerelle::workflow::timers::Report {
+    passerelle::workflow::timers::tick(&gw.app.fhir)
+        .await
+        .expect("timers")
+}
+
+async fn count(gw: &Gateway, query: &str) -> i64 {
+    let sep = if query.contains('?') { '&' } else { '?' };
+    gw.acting(DOC)
+        .get(&format!("{query}{sep}_summary=count"))
+        .await
+        .expect(200)
+        .json()["total"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn timers_remind_then_cancel_then_archive() {
+    for engine in [common::Engine::Sqlite, common::Engine::Postgres] {
+        let Some((gw, clock)) = clocked(engine).await else {
+            continue;
+        };
+        let sr = world(&gw).await;
+        let t = send(&gw, &sr).await;
+        let date = params(json!([{"name": "date", "valueDateTime": "2027-01-10"}]));
+        op(&gw.acting(U1), &t[0], "propose-admission", &date)
+            .await
+            .expect(200);
+        op(
+            &gw.acting(U3),
+            &t[2],
+            "refuse",
+            &reason("refusal-reason", "distance"),
+        )
+        .await
+        .expect(200);
+        let reminders = format!(
+            "Communication?based-on=ServiceRequest/{sr}&category={CS}communication-category|reminder"
+        );
+        // two months without action: one reminder to the prescriber, once
+        clock.advance(59 * DAY);
+        assert_eq!(tick(&gw).await.reminded, 0);
+        clock.advance(2 * DAY);
+        assert_eq!(tick(&gw).await.reminded, 1, "{engine:?}");
+        assert_eq!(tick(&gw).await.reminded, 0, "idempotent");
+        assert_eq!(count(&gw, &reminders).await, 1);
+        let c = gw.acting(DOC).get(&reminders).await.json();
+        assert_eq!(
+            c["entry"][0]["resource"]["recipient"][0]["reference"],
+            format!("PractitionerRole/{DOC}")
+        );
+        // thirty days without action: the open requests are cancelled automatically
+        clock.advance(29 * DAY);
+        assert_eq!(tick(&gw).await.cancelled, 0);
+        clock.advance(2 * DAY);
+        let r = tick(&gw).await;
+        assert_eq!(
+            r.cancelled, 2,
+            "{engine:?}: u1 (proposed) and u2 (sent); u3 was refused"
+        );
+        let t0 = gw.acting(DOC).get(&format!("Task/{}", t[0])).await.json();
+        assert_eq!(t0["businessStatus"]["coding"][0]["code"], "auto-cancelled");
+        assert_eq!(t0["statusReason"]["coding"][0]["code"], "auto-cancel");
+        assert_eq!(t0["statusReason"]["coding"][1]["code"], "95");
+        let d = gw
+            .acting(DOC)
+            .get(&format!("ServiceRequest/{sr}"))
+            .await
+            .json();
+        assert_eq!(d["status"], "revoked");
+        assert!(
+            d.get("extension").is_none(),
+            "the reminder mark is cleared: {d}"
+        );
+        assert_eq!(tick(&gw).await, Default::default(), "nothing twice");
+        // until archived, a request can be reactivated; after, never
+        op(&gw.acting(DOC), &t[0], "reactivate", &none())
+            .await
+            .expect(200);
+        assert_eq!(state(&gw, &t[0]).await.1, "admission-proposed");
+        clock.advance(16 * DAY);
+        assert_eq!(tick(&gw).await.archived, 1, "{engine:?}: u2's request");
+        let a = op(&gw.acting(DOC), &t[1], "reactivate", &none())
+            .await
+            .expect(409);
+        assert!(a.diagnostics().contains("archived"), "{}", a.diagnostics());
+        let t1 = gw.acting(DOC).get(&format!("Task/{}", t[1])).await.json();
+        assert_eq!(t1["meta"]["tag"][0]["code"], "archived");
+    }
+}
+
+#[tokio::test]
+async fn an_action_after_the_reminder_keeps_the_dossier() {
+    for engine in [common::Engine::Sqlite, common::Engine::Postgres] {
+        let Some((gw, clock)) = clocked(engine).await else {
+            continue;
+        };
+        let sr = world(&gw).await;
+        let t = send(&gw, &sr).await;
+        let date = params(json!([{"name": "date", "valueDateTime": "2027-01-10"}]));
+        op(&gw.acting(U1), &t[0], "propose-admission", &date)
+            .await
+            .expect(200);
+        clock.advance(61 * DAY);
+        assert_eq!(tick(&gw).await.reminded, 1);
+        clock.advance(DAY);
+        op(
+            &gw.acting(DOC),
+            &t[1],
+            "cancel",
+            &reason("cancellation-reason", "back-home"),
+        )
+        .await
+        .expect(200);
+        clock.advance(40 * DAY);
+        let r = tick(&gw).await;
+        assert_eq!(r.cancelled, 0, "{engine:?}: acted on since the reminder");
+        assert_eq!(state(&gw, &t[0]).await.1, "admission-proposed");
+    }
+}
+
+/// Two gateway instances on one PostgreSQL tick at the same moment: each thing happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_schedulers_on_one_database_do_each_thing_once() {
+    let Some((gw, clock)) = clocked(common::Engine::Postgres).await else {
+        return;
+    };
+    let config = passerelle::config::Config {
+        database_url: gw.database_url.clone(),
+        db_pool_size: 4,
+        ..passerelle::config::Config::default()
+    };
+    let other = passerelle::server::App::open(
+        &config,
+        "http://127.0.0.1:1".into(),
+        std::sync::Arc::new(clock.clone()),
+    )
+    .await
+    .expect("second instance");
+    let mut dossiers = Vec::new();
+    for _ in 0..3 {
+        let sr = world_again(&gw).await;
+        let t = send(&gw, &sr).await;
+        let date = params(json!([{"name": "date", "valueDateTime": "2027-01-10"}]));
+        op(&gw.acting(U1), &t[0], "propose-admission", &date)
+            .await
+            .expect(200);
+        dossiers.push(sr);
+    }
+    let both = |gw: &Gateway| {
+        let (a, b) = (gw.app.fhir.clone(), other.fhir.clone());
+        async move {
+            let (x, y) = tokio::join!(
+                passerelle::workflow::timers::tick(&a),
+                passerelle::workflow::timers::tick(&b)
+            );
+            let (x, y) = (x.expect("tick"), y.expect("tick"));
+            (
+                x.reminded + y.reminded,
+                x.cancelled + y.cancelled,
+                x.archived + y.archived,
+            )
+        }
+    };
+    clock.advance(61 * DAY);
+    assert_eq!(both(&gw).await, (3, 0, 0));
+    for sr in &dossiers {
+        let q = format!(
+            "Communication?based-on=ServiceRequest/{sr}&category={CS}communication-category|reminder"
+        );
+        assert_eq!(count(&gw, &q).await, 1, "one reminder for {sr}");
+    }
+    clock.advance(31 * DAY);
+    assert_eq!(both(&gw).await, (0, 9, 0));
+    clock.advance(16 * DAY);
+    assert_eq!(both(&gw).await, (0, 0, 9));
+}
+
+/// A further dossier in an existing world.
+async fn world_again(gw: &Gateway) -> String {
+    if gw.get("Organization/org-chu").await.status == 404 {
+        return world(gw).await;
+    }
+    let doc = gw.acting(DOC);
+    let first = doc.get("ServiceRequest?_count=1").await.json();
+    let parts = first["entry"][0]["resource"]["supportingInfo"].clone();
+    let sr = doc
+        .post("ServiceRequest", &dossier(parts))
+        .await
+        .expect(201)
+        .json();
+    sr["id"].as_str().unwrap().to_owned()
+}

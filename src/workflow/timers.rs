@@ -185,6 +185,11 @@ fn without_marker(sr: &Value) -> Value {
     }
     if let Some(tags) = body["meta"]["tag"].as_array_mut() {
         tags.retain(|t| !(t["system"] == TAG_SYSTEM && t["code"] == REMINDED_TAG));
+        if tags.is_empty()
+            && let Some(m) = body["meta"].as_object_mut()
+        {
+            m.remove("tag");
+        }
     }
     body
 }

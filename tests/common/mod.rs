@@ -30,6 +30,8 @@ pub struct Gateway {
     pub engine: Engine,
     pub format: Format,
     pub clock: Option<ManualClock>,
+    /// The database this gateway uses (a second instance may share it).
+    pub database_url: String,
     _guard: Guard,
 }
 
@@ -149,7 +151,7 @@ pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
     let addr = listener.local_addr().expect("addr");
     let base = format!("http://{addr}");
     let config = Config {
-        database_url: url,
+        database_url: url.clone(),
         listen: addr.to_string(),
         base_url: Some(base.clone()),
         db_pool_size: 4,
@@ -173,6 +175,7 @@ pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
         engine,
         format: opts.format,
         clock: opts.clock,
+        database_url: url,
         _guard: guard,
     })
 }
