@@ -25,6 +25,19 @@ if ! target/pyenv/bin/python -c "import fhirpy" 2>/dev/null; then
   target/pyenv/bin/pip install --quiet --disable-pip-version-check fhirpy==2.3.1
 fi
 
+# LibreOffice reads the XLSX exports back (tests/workflow.rs); the tests require it here.
+if ! command -v libreoffice >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  echo "test.sh: installing libreoffice-calc-nogui (about 30 s)" >&2
+  install_lo() {
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends \
+      libreoffice-calc-nogui >/dev/null
+  }
+  install_lo || { $sudo_cmd apt-get update -q >/dev/null && install_lo; }
+fi
+export PASSERELLE_REQUIRE_LIBREOFFICE=1
+
 # The XML reader under a fuzzer for a bounded time (FUZZ_SECONDS=0 skips it).
 if [ "${FUZZ_SECONDS:-30}" -gt 0 ]; then
   scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

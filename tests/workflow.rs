@@ -840,6 +840,15 @@ async fn timers_remind_then_cancel_then_archive() {
         assert!(a.diagnostics().contains("archived"), "{}", a.diagnostics());
         let t1 = gw.acting(DOC).get(&format!("Task/{}", t[1])).await.json();
         assert_eq!(t1["meta"]["tag"][0]["code"], "archived");
+        // the archived tab lists it, the cancelled tab no longer does
+        assert_eq!(
+            count(&gw, "Task?owner=HealthcareService/u2&tab=archived").await,
+            1
+        );
+        assert_eq!(
+            count(&gw, "Task?owner=HealthcareService/u2&tab=cancelled").await,
+            0
+        );
     }
 }
 
@@ -944,4 +953,210 @@ async fn world_again(gw: &Gateway) -> String {
         .expect(201)
         .json();
     sr["id"].as_str().unwrap().to_owned()
+}
+
+/// A tiny RFC 4180 reader, to compare exports cell by cell.
+fn read_csv(text: &str) -> Vec<Vec<String>> {
+    let text = text.trim_start_matches('\u{feff}');
+    let (mut rows, mut row, mut cell) = (Vec::new(), Vec::new(), String::new());
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    if !cell.is_empty() || !row.is_empty() {
+        row.push(cell);
+        rows.push(row);
+    }
+    rows
+}
+
+on_both_engines!(dashboard_tabs_searches_and_exports, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    op(&gw.acting(U1), &t[0], "mark-read", &none())
+        .await
+        .expect(200);
+    op(
+        &gw.acting(U2),
+        &t[1],
+        "refuse",
+        &reason("refusal-reason", "care-load"),
+    )
+    .await
+    .expect(200);
+    let date = params(json!([{"name": "date", "valueDateTime": "2026-12-03T10:00:00+01:00"}]));
+    op(&gw.acting(U3), &t[2], "propose-admission", &date)
+        .await
+        .expect(200);
+    op(&gw.acting(DOC), &t[2], "confirm", &none())
+        .await
+        .expect(200);
+    // receiver tabs
+    assert_eq!(
+        count(&gw, "Task?owner=HealthcareService/u1&tab=cancelled").await,
+        1
+    );
+    assert_eq!(
+        count(&gw, "Task?owner=HealthcareService/u1&tab=in-progress").await,
+        0
+    );
+    assert_eq!(
+        count(&gw, "Task?owner=HealthcareService/u2&tab=refused").await,
+        1
+    );
+    assert_eq!(
+        count(&gw, "Task?owner=HealthcareService/u3&tab=in-progress").await,
+        1
+    );
+    assert_eq!(
+        count(&gw, "Task?owner=HealthcareService/u3&tab=admitted").await,
+        0
+    );
+    // prescriber tabs, by patient name and by dossier number
+    let mine = format!("Task?requester=PractitionerRole/{DOC}");
+    assert_eq!(
+        count(&gw, &format!("{mine}&tab=in-progress,refused")).await,
+        2
+    );
+    assert_eq!(count(&gw, &format!("{mine}&tab=cancelled")).await, 1);
+    assert_eq!(count(&gw, "Task?patient.name=martin").await, 3);
+    assert_eq!(count(&gw, "Task?patient.name=dupont").await, 0);
+    assert_eq!(count(&gw, "Task?group-identifier=s0000001").await, 3);
+    let ids = gw
+        .acting(DOC)
+        .get(&format!("{mine}&tab=in-progress&_sort=-_lastUpdated"))
+        .await
+        .json();
+    assert_eq!(ids["entry"][0]["resource"]["id"], t[2].as_str());
+    // the same search as CSV: one row per request, the dashboard's columns
+    let a = gw
+        .acting(DOC)
+        .get(&format!("{mine}&_format=csv&_sort=_lastUpdated"))
+        .await
+        .expect(200);
+    assert!(
+        a.header("content-type").unwrap().starts_with("text/csv"),
+        "{:?} {}",
+        a.headers,
+        a.text
+    );
+    let rows = read_csv(&a.text);
+    assert_eq!(rows.len(), 4, "{}", a.text);
+    assert_eq!(rows[0][0], "N° dossier");
+    assert!(
+        rows.iter()
+            .skip(1)
+            .all(|r| r[0] == "s0000001" && r[1] == "MARTIN Jeanne"),
+        "{rows:?}"
+    );
+    let mut units: Vec<&str> = rows.iter().skip(1).map(|r| r[5].as_str()).collect();
+    units.sort();
+    assert_eq!(units, ["Unité u1", "Unité u2", "Unité u3"]);
+    assert!(
+        rows.iter().any(|r| r[6] == "Refusée" && r[7].is_empty()),
+        "{rows:?}"
+    );
+    // XLSX: a real spreadsheet; LibreOffice reads it back as the same table
+    let x = gw
+        .send(
+            gw.client
+                .get(gw.url(&format!("{mine}&_sort=_lastUpdated")))
+                .header("accept", passerelle::export::XLSX_MIME)
+                .header("x-passerelle-role", format!("PractitionerRole/{DOC}")),
+        )
+        .await;
+    assert_eq!(x.status, 200, "{}", x.text);
+    let bytes = gw
+        .client
+        .get(gw.url(&format!("{mine}&_sort=_lastUpdated&_format=xlsx")))
+        .header("x-passerelle-role", format!("PractitionerRole/{DOC}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..2], b"PK");
+    if let Some(back) = libreoffice_to_csv(&bytes) {
+        assert_eq!(read_csv(&back), rows);
+    }
+    // exports are for searches; other formats are refused
+    gw.acting(DOC)
+        .get(&format!("Task/{}?_format=csv", t[0]))
+        .await
+        .expect(406);
+    gw.acting(DOC).get("Patient?_format=csv").await.expect(406);
+});
+
+/// Converts an XLSX file to CSV with LibreOffice (`None`, with a note, when it is not
+/// installed and the suite does not require it: scripts/test.sh installs it and requires it).
+fn libreoffice_to_csv(xlsx: &[u8]) -> Option<String> {
+    let found = std::process::Command::new("libreoffice")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("PASSERELLE_REQUIRE_LIBREOFFICE").is_err(),
+            "libreoffice is required (scripts/test.sh installs libreoffice-calc-nogui)"
+        );
+        eprintln!("libreoffice not installed: XLSX read-back skipped");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "passerelle-xlsx-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("export.xlsx");
+    std::fs::write(&file, xlsx).unwrap();
+    // its own profile directory, so parallel conversions do not share a lock
+    let profile = format!(
+        "-env:UserInstallation=file://{}",
+        dir.join("profile").display()
+    );
+    let out = std::process::Command::new("libreoffice")
+        .args([
+            profile.as_str(),
+            "--headless",
+            "--convert-to",
+            "csv:Text - txt - csv (StarCalc):44,34,76",
+            "--outdir",
+        ])
+        .arg(&dir)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let csv = std::fs::read_to_string(dir.join("export.csv")).unwrap_or_else(|e| {
+        panic!(
+            "libreoffice did not convert ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(csv)
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }

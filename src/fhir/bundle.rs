@@ -496,7 +496,7 @@ fn response_entry(fhir: &Fhir, resp: &Resp, with_resource: bool) -> Value {
                 }
             }
             Body::Json(v) => e["resource"] = v.clone(),
-            Body::None => {}
+            Body::None | Body::Table(_) => {}
         }
     }
     e["response"] = r;

@@ -146,6 +146,8 @@ pub struct Req {
     pub strict: bool,
     /// Who asks (Bundle entries inherit the Bundle's caller).
     pub caller: Caller,
+    /// The answer is wanted as a table (`_format=csv|xlsx`): a dashboard export.
+    pub table: bool,
 }
 
 impl Req {
@@ -162,6 +164,7 @@ impl Req {
             if_none_exist: None,
             strict: false,
             caller: Caller::Anonymous,
+            table: false,
         }
     }
 
@@ -186,6 +189,8 @@ pub enum Body {
     /// A stored resource's JSON text, served as is.
     Raw(String),
     Json(Value),
+    /// Rows for a spreadsheet (CSV, XLSX).
+    Table(crate::export::Table),
 }
 
 #[derive(Debug, Clone)]
@@ -297,7 +302,19 @@ impl Fhir {
     }
 
     pub fn index(&self, rtype: &str, body: &Value) -> Vec<IndexRow> {
-        search::extract::index_rows(self.model, &self.registry, rtype, body)
+        let mut rows = search::extract::index_rows(self.model, &self.registry, rtype, body);
+        for p in self.registry.params(rtype) {
+            if let Some(what) = &p.computed {
+                for (system, code) in self.workflow.computed(what, body) {
+                    rows.push(IndexRow::Token {
+                        param: p.key.clone(),
+                        system,
+                        code,
+                    });
+                }
+            }
+        }
+        rows
     }
 }
 
@@ -741,6 +758,13 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
                     Ok(r)
                 }
             }
+        }
+        (&Method::GET, Route::Type(t)) | (&Method::POST, Route::TypeSearch(t)) if req.table => {
+            fhir.check_type(t, "search-type")?;
+            let table = fhir.workflow.export(fhir, conn, t, req).await?;
+            let mut r = Resp::json(StatusCode::OK, Value::Null);
+            r.body = Body::Table(table);
+            Ok(r)
         }
         (&Method::GET, Route::Type(t)) | (&Method::POST, Route::TypeSearch(t)) => {
             fhir.check_type(t, "search-type")?;

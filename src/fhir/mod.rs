@@ -30,10 +30,16 @@ use search::registry::{Registry, RegistryError};
 
 /// The conformance data shipped in `conformance/`, compiled in.
 const CAPABILITY: &str = include_str!("../../conformance/CapabilityStatement.json");
-pub(crate) const SEARCH_PARAMETERS: &[(&str, &str)] = &[(
-    "search-parameters-r4.json",
-    include_str!("../../conformance/search-parameters-r4.json"),
-)];
+pub(crate) const SEARCH_PARAMETERS: &[(&str, &str)] = &[
+    (
+        "search-parameters-r4.json",
+        include_str!("../../conformance/search-parameters-r4.json"),
+    ),
+    (
+        "search-parameters-workflow.json",
+        include_str!("../../conformance/search-parameters-workflow.json"),
+    ),
+];
 
 pub(crate) fn parse_conformance(file: &str, text: &str) -> Result<Value, RegistryError> {
     serde_json::from_str::<Value>(text).map_err(|e| RegistryError::File {
@@ -66,6 +72,20 @@ impl Fhir {
                 file: e.file.clone(),
                 message: format!("{}: {}", e.field, e.message),
             })?;
+        // a parameter the gateway computes must be one the workflow knows
+        for rtype in registry.types() {
+            for p in registry.params(rtype) {
+                if let Some(what) = &p.computed
+                    && !workflow.computes(what)
+                {
+                    return Err(RegistryError::Param {
+                        rtype: rtype.to_owned(),
+                        code: p.code.clone(),
+                        message: format!("computed by `{what}`, which the gateway does not know"),
+                    });
+                }
+            }
+        }
         Ok(Fhir {
             model,
             registry,

@@ -54,6 +54,31 @@ impl Format {
     }
 }
 
+/// The spreadsheet formats of dashboard exports (a Task search), besides FHIR's two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tabular {
+    Csv,
+    Xlsx,
+}
+
+impl Tabular {
+    fn from_mime(mime: &str) -> Option<Tabular> {
+        match mime.trim().to_ascii_lowercase().as_str() {
+            "csv" | "text/csv" => Some(Tabular::Csv),
+            "xlsx" | crate::export::XLSX_MIME => Some(Tabular::Xlsx),
+            _ => None,
+        }
+    }
+
+    /// `_format`, or an `Accept` that names only this type.
+    fn negotiate(format: Option<&str>, accept: Option<&str>) -> Option<Tabular> {
+        match format {
+            Some(f) => Tabular::from_mime(f),
+            None => accept.and_then(|a| Tabular::from_mime(a.split(';').next().unwrap_or(""))),
+        }
+    }
+}
+
 /// What the handler needs besides the FHIR service.
 pub struct Edge {
     pub fhir: Arc<Fhir>,
@@ -64,6 +89,7 @@ pub struct Edge {
 struct Output {
     format: Format,
     pretty: bool,
+    tabular: Option<Tabular>,
     summary: Option<Summary>,
     elements: Option<Vec<String>>,
     prefer: Return,
@@ -243,8 +269,22 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
         .iter()
         .find(|(k, _)| k == "_format")
         .map(|(_, v)| v.clone());
-    let format = negotiate(format.as_deref(), header_str(headers, "accept"))?;
+    let tabular = Tabular::negotiate(format.as_deref(), header_str(headers, "accept"));
+    let format = match tabular {
+        Some(_) => Format::Json,
+        None => negotiate(format.as_deref(), header_str(headers, "accept"))?,
+    };
     let route = interaction::route(path)?;
+    if tabular.is_some()
+        && !matches!(
+            (&method, &route),
+            (&Method::GET, Route::Type(_)) | (&Method::POST, Route::TypeSearch(_))
+        )
+    {
+        return Err(Error::NotAcceptable(
+            "CSV and XLSX are served for searches (dashboard exports) only".into(),
+        ));
+    }
 
     let bytes = read_body(body, edge.max_body_bytes).await?;
     let content_type = header_str(headers, "content-type").map(|c| {
@@ -255,6 +295,7 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
             .to_ascii_lowercase()
     });
     let mut req = Req::new(method.clone(), route);
+    req.table = tabular.is_some();
     req.caller = crate::auth::dev_caller(
         &fhir.store,
         header_str(headers, crate::auth::DEV_ROLE_HEADER),
@@ -334,6 +375,7 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
     let out = Output {
         format,
         pretty: query.iter().any(|(k, v)| k == "_pretty" && v == "true"),
+        tabular,
         summary: query
             .iter()
             .find(|(k, _)| k == "_summary")
@@ -416,6 +458,23 @@ fn render(fhir: &Fhir, resp: Resp, out: &Output) -> Response {
                 }
             }
             Body::Json(v) => value_response(resp.status, &v, out.format, out.pretty),
+            Body::Table(t) => {
+                let (bytes, mime, ext) = match out.tabular {
+                    Some(Tabular::Xlsx) => {
+                        (crate::export::to_xlsx(&t), crate::export::XLSX_MIME, "xlsx")
+                    }
+                    _ => (crate::export::to_csv(&t), crate::export::CSV_MIME, "csv"),
+                };
+                let mut r = (resp.status, bytes).into_response();
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+                if let Ok(h) =
+                    HeaderValue::from_str(&format!("attachment; filename=\"demandes.{ext}\""))
+                {
+                    r.headers_mut().insert(header::CONTENT_DISPOSITION, h);
+                }
+                r
+            }
         }
     };
     response.headers_mut().extend(headers);

@@ -10,6 +10,7 @@
 //!   [`Workflow::operation`] for the named operations — and the side effects (siblings,
 //!   dossier status, Communications, Provenance).
 
+pub mod dashboard;
 pub mod moves;
 pub mod profile;
 pub mod rules;
@@ -99,6 +100,29 @@ impl Workflow {
             rules: Rules::load()?,
             delays,
         })
+    }
+
+    /// Whether the workflow computes the search parameters marked `what`.
+    pub fn computes(&self, what: &str) -> bool {
+        what == "dashboard-tab"
+    }
+
+    /// The tokens of a search parameter the workflow computes (`computed-search-parameter`
+    /// extension): `dashboard-tab` gives the tab an AdmissionTask is listed in.
+    pub fn computed(&self, what: &str, body: &Value) -> Vec<(String, String)> {
+        match what {
+            "dashboard-tab" if declares(body, ADMISSION_TASK) => {
+                let tab = if moves::is_archived(body) {
+                    Some(self.rules.archived_tab.clone())
+                } else {
+                    business_status(body).and_then(|s| self.rules.tabs.get(s).cloned())
+                };
+                tab.map(|t| (self.rules.tab_system.clone(), t))
+                    .into_iter()
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Whether `$name` is one of the workflow's operations.

@@ -171,6 +171,11 @@ pub(crate) const OPERATION_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+const TABS_FILE: (&str, &str) = (
+    "mappings/dashboard-tabs.json",
+    include_str!("../../mappings/dashboard-tabs.json"),
+);
+
 const MOVES_FILE: (&str, &str) = (
     "mappings/task-moves.json",
     include_str!("../../mappings/task-moves.json"),
@@ -302,6 +307,14 @@ pub struct Rules {
     /// Communication category → who sees it (`owner-unit`, `both-sides`).
     pub categories: BTreeMap<String, String>,
     pub operations: BTreeMap<String, Operation>,
+    /// Business status → dashboard tab; and the tab of archived requests, and the tabs'
+    /// code system.
+    pub tabs: BTreeMap<String, String>,
+    pub archived_tab: String,
+    pub tab_system: String,
+    /// The export columns (key, title), and what each business status waits for.
+    pub columns: Vec<(String, String)>,
+    pub pending_action: BTreeMap<String, String>,
     /// The shipped conformance resources, parsed, by file name.
     pub files: BTreeMap<String, Value>,
 }
@@ -600,7 +613,77 @@ impl Rules {
                 },
             );
         }
+        let (f, text) = TABS_FILE;
+        let table = parse(f, text)?;
+        let mut tabs = BTreeMap::new();
+        for (tab, list) in table["tabs"].as_object().into_iter().flatten() {
+            for s in list.as_array().into_iter().flatten() {
+                let code = s.as_str().unwrap_or_default();
+                if !statuses.contains_key(code) {
+                    return Err(err(
+                        f,
+                        format!("tabs.{tab}"),
+                        format!("`{code}` is not a business status"),
+                    ));
+                }
+                if tabs.insert(code.to_owned(), tab.clone()).is_some() {
+                    return Err(err(
+                        f,
+                        format!("tabs.{tab}"),
+                        format!("`{code}` is in two tabs"),
+                    ));
+                }
+            }
+        }
+        if let Some(missing) = statuses.keys().find(|s| !tabs.contains_key(*s)) {
+            return Err(err(
+                f,
+                "tabs",
+                format!("the business status `{missing}` is in no tab"),
+            ));
+        }
+        let archived_tab = table["archived"]
+            .as_str()
+            .ok_or_else(|| err(f, "archived", "missing"))?
+            .to_owned();
+        let tab_system = table["system"]
+            .as_str()
+            .ok_or_else(|| err(f, "system", "missing"))?
+            .to_owned();
+        let columns = table["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let key = c["key"].as_str().unwrap_or_default();
+                if !super::dashboard::COLUMNS.contains(&key) {
+                    return Err(err(
+                        f,
+                        "columns",
+                        format!(
+                            "unknown column `{key}`; known: {}",
+                            super::dashboard::COLUMNS.join(", ")
+                        ),
+                    ));
+                }
+                Ok((
+                    key.to_owned(),
+                    c["title"].as_str().unwrap_or(key).to_owned(),
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pending_action = table["pending-action"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+            .collect();
         Ok(Rules {
+            columns,
+            pending_action,
+            tabs,
+            archived_tab,
+            tab_system,
             statuses,
             moves,
             modules,

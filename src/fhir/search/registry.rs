@@ -50,7 +50,13 @@ pub struct SearchParam {
     pub targets: Vec<String>,
     /// The key of its index rows: `Task.owner`.
     pub key: String,
+    /// For a parameter the gateway computes (no FHIRPath), what computes it.
+    pub computed: Option<String>,
 }
+
+/// The extension that marks a SearchParameter computed by the gateway, not by FHIRPath.
+pub const COMPUTED: &str =
+    "https://passerelle.dev/fhir/StructureDefinition/computed-search-parameter";
 
 #[derive(Debug, Default)]
 pub struct TypeSupport {
@@ -143,8 +149,16 @@ impl Registry {
                     .as_str()
                     .and_then(ParamKind::parse)
                     .ok_or_else(|| fail(format!("unsupported type {}", def["type"])))?;
+                let computed = def["extension"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|e| e["url"] == COMPUTED)
+                    .and_then(|e| e["valueCode"].as_str())
+                    .map(str::to_owned);
                 let expr = match (code.as_str(), def["expression"].as_str()) {
                     ("_id" | "_lastUpdated", _) => None,
+                    (_, None) if computed.is_some() => None,
                     (_, Some(e)) => {
                         let parsed = fhirpath::parse(e).map_err(|e| fail(e.to_string()))?;
                         Some(parsed)
@@ -166,6 +180,7 @@ impl Registry {
                         kind,
                         expr,
                         targets,
+                        computed,
                     }),
                 );
             }
