@@ -159,6 +159,44 @@ async fn fhirpy_drives_the_gateway() {
     );
 }
 
+/// The story of domain.md, played by fhirpy against the real server process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhirpy_plays_the_whole_admission_story() {
+    let Some(python) = python() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the fhirpy test: scripts/test.sh installs it"
+        );
+        eprintln!("no Python with fhirpy (run scripts/test.sh): the story test was skipped");
+        return;
+    };
+    for engine in [common::Engine::Sqlite, common::Engine::Postgres] {
+        let Some((url, _guard)) = common::fresh_database(engine).await else {
+            continue;
+        };
+        let server = common::Process::start(&url).await;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/clients/fhirpy_workflow_story.py");
+        let base = server.base.clone();
+        let py = python.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(py)
+                .arg(script)
+                .arg(base)
+                .output()
+        })
+        .await
+        .unwrap()
+        .expect("run python");
+        assert!(
+            out.status.success(),
+            "{engine:?}: the story failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// SIGTERM: the server stops accepting, finishes what it has, exits 0; nothing answered is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_under_way() {

@@ -1160,3 +1160,164 @@ fn rand_suffix() -> u128 {
         .unwrap()
         .as_nanos()
 }
+
+fn indicators(part: &Value) -> std::collections::BTreeMap<String, Value> {
+    part["part"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p.get("part").is_none() && p.get("valueReference").is_none())
+        .map(|p| {
+            let v = p
+                .get("valueInteger")
+                .or(p.get("valueDecimal"))
+                .cloned()
+                .unwrap();
+            (p["name"].as_str().unwrap().to_owned(), v)
+        })
+        .collect()
+}
+
+fn observed(obs: &Value, which: &str) -> std::collections::BTreeMap<String, Value> {
+    let p = obs["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| match which {
+            "total" => p["name"] == "total",
+            unit => {
+                p["name"] == "unit"
+                    && p["part"][0]["valueReference"]["reference"]
+                        == format!("HealthcareService/{unit}")
+            }
+        })
+        .unwrap_or_else(|| panic!("no {which} in {obs}"));
+    indicators(p)
+}
+
+#[tokio::test]
+async fn the_observatory_counts_every_indicator() {
+    for engine in [common::Engine::Sqlite, common::Engine::Postgres] {
+        let Some((gw, clock)) = clocked(engine).await else {
+            continue;
+        };
+        let sr = world(&gw).await;
+        let t = send(&gw, &sr).await;
+        const HOUR: i64 = 3_600_000_000;
+        clock.advance(2 * HOUR);
+        let window = params(json!([{"name": "window", "valuePeriod": {"start": "2026-12-01"}}]));
+        op(&gw.acting(U1), &t[0], "agree-in-principle", &window)
+            .await
+            .expect(200);
+        clock.advance(HOUR);
+        op(
+            &gw.acting(U2),
+            &t[1],
+            "refuse",
+            &reason("refusal-reason", "age"),
+        )
+        .await
+        .expect(200);
+        clock.advance(21 * HOUR);
+        let date = params(json!([{"name": "date", "valueDateTime": "2026-12-03T10:00:00Z"}]));
+        op(&gw.acting(U1), &t[0], "propose-admission", &date)
+            .await
+            .expect(200);
+        op(&gw.acting(DOC), &t[0], "confirm", &none())
+            .await
+            .expect(200);
+        op(&gw.acting(U1), &t[0], "admit", &date).await.expect(200);
+        let obs = gw
+            .acting(DOC)
+            .get("$observatory?establishment=Organization/org-smr")
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(obs["resourceType"], "Parameters");
+        let total = observed(&obs, "total");
+        let int =
+            |m: &std::collections::BTreeMap<String, Value>, k: &str| m[k].as_i64().unwrap_or(-1);
+        let dec =
+            |m: &std::collections::BTreeMap<String, Value>, k: &str| m[k].as_f64().unwrap_or(-1.0);
+        for (k, v) in [
+            ("received", 3),
+            ("read", 2),
+            ("agreed", 1),
+            ("proposed", 1),
+            ("admitted", 1),
+            ("refused", 1),
+            ("cancelled", 1),
+            ("auto-cancelled", 0),
+            ("open", 0),
+        ] {
+            assert_eq!(int(&total, k), v, "{engine:?} {k}: {total:?}");
+        }
+        assert_eq!(dec(&total, "admission-rate"), 33.3);
+        assert_eq!(dec(&total, "first-answer-hours-median"), 2.0);
+        assert_eq!(dec(&total, "first-answer-hours-p90"), 3.0);
+        // sent 2026-11-18 11:06:40Z, admitted 2026-12-03 10:00Z, wished 2026-12-01
+        assert_eq!(dec(&total, "admission-days-median"), 15.0);
+        assert_eq!(dec(&total, "wished-to-actual-days-median"), 2.4);
+        let reasons: Vec<&Value> = obs["parameter"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "total")
+            .unwrap()["part"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"] == "refused-reason")
+            .collect();
+        assert_eq!(reasons.len(), 1);
+        assert_eq!(reasons[0]["part"][0]["valueCoding"]["code"], "age");
+        let u1 = observed(&obs, "u1");
+        assert_eq!((int(&u1, "received"), int(&u1, "admitted")), (1, 1));
+        assert_eq!(dec(&u1, "admission-rate"), 100.0);
+        // scoped to one unit, to a period
+        let one = gw
+            .acting(DOC)
+            .get("$observatory?unit=HealthcareService/u2")
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(int(&observed(&one, "total"), "received"), 1);
+        let later = gw
+            .acting(DOC)
+            .get("$observatory?from=2026-11-19")
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(int(&observed(&later, "total"), "received"), 0);
+        let before = gw
+            .acting(DOC)
+            .get("$observatory?from=2026-11-01&to=2026-11-30")
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(int(&observed(&before, "total"), "received"), 3);
+        // as a spreadsheet: a row per unit and the total
+        let csv = gw
+            .acting(DOC)
+            .get("$observatory?_format=csv")
+            .await
+            .expect(200);
+        let rows = read_csv(&csv.text);
+        assert_eq!(rows.len(), 5, "{}", csv.text);
+        assert_eq!(rows[4][0], "total");
+        gw.acting(DOC)
+            .get("$observatory?_format=xlsx")
+            .await
+            .expect(200);
+        // bad input
+        gw.acting(DOC)
+            .get("$observatory?from=yesterday")
+            .await
+            .expect(400);
+        gw.acting(DOC)
+            .get("$observatory?colour=blue")
+            .await
+            .expect(400);
+        gw.get("$observatory").await.expect(401);
+    }
+}

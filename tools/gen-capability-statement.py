@@ -82,12 +82,15 @@ for r in resources:
     if "searchRevInclude" in r:
         r["searchRevInclude"] = sorted(targets.get(r["type"], []))
 
+system_ops = []
 # the gateway's own operations (conformance/OperationDefinition-*.json), on the types they name
 for name in sorted(os.listdir(os.path.join(ROOT, "conformance"))):
     if name.startswith("OperationDefinition-") and name.endswith(".json"):
         od = json.load(open(os.path.join(ROOT, "conformance", name)))
+        if od.get("system"):
+            system_ops.append({"name": od["code"], "definition": od["url"]})
         for r in resources:
-            if r["type"] in od["resource"]:
+            if r["type"] in od.get("resource", []):
                 r.setdefault("operation", []).append({"name": od["code"], "definition": od["url"]})
 
 for r in resources:
@@ -116,7 +119,8 @@ cs = {
         "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
         "searchParam": [{"name": d["code"], "definition": d["url"], "type": d["type"]} for d in common],
         "operation": [{"name": "validate",
-                       "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+                       "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+                     + system_ops,
     }],
 }
 print(json.dumps(cs, indent=1, ensure_ascii=False))

@@ -785,6 +785,23 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
         (&Method::GET, Route::SystemHistory) => {
             super::bundle::history(fhir, conn, None, None, &req.query).await
         }
+        (
+            &Method::GET,
+            Route::Operation {
+                rtype: None,
+                id: None,
+                name,
+            },
+        ) if name == "observatory" => {
+            if req.table {
+                let table = fhir.workflow.observatory_table(fhir, conn, req).await?;
+                let mut r = Resp::json(StatusCode::OK, Value::Null);
+                r.body = Body::Table(table);
+                return Ok(r);
+            }
+            let p = fhir.workflow.observatory(fhir, conn, req).await?;
+            Ok(Resp::json(StatusCode::OK, p))
+        }
         (&Method::POST, Route::Operation { rtype, id, name }) if name == "validate" => {
             validate_operation(fhir, conn, rtype.as_deref(), id.as_deref(), req).await
         }

@@ -280,6 +280,7 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
             (&method, &route),
             (&Method::GET, Route::Type(_)) | (&Method::POST, Route::TypeSearch(_))
         )
+        && !matches!(&route, Route::Operation { name, .. } if name == "observatory")
     {
         return Err(Error::NotAcceptable(
             "CSV and XLSX are served for searches (dashboard exports) only".into(),
@@ -468,9 +469,10 @@ fn render(fhir: &Fhir, resp: Resp, out: &Output) -> Response {
                 let mut r = (resp.status, bytes).into_response();
                 r.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
-                if let Ok(h) =
-                    HeaderValue::from_str(&format!("attachment; filename=\"demandes.{ext}\""))
-                {
+                if let Ok(h) = HeaderValue::from_str(&format!(
+                    "attachment; filename=\"{}.{ext}\"",
+                    t.sheet.to_lowercase()
+                )) {
                     r.headers_mut().insert(header::CONTENT_DISPOSITION, h);
                 }
                 r

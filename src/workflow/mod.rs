@@ -12,6 +12,7 @@
 
 pub mod dashboard;
 pub mod moves;
+pub mod observatory;
 pub mod profile;
 pub mod rules;
 pub mod timers;

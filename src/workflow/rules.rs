@@ -138,6 +138,10 @@ pub(crate) const OPERATION_FILES: &[(&str, &str)] = &[
         include_str!("../../conformance/OperationDefinition-mark-read.json"),
     ),
     (
+        "OperationDefinition-observatory.json",
+        include_str!("../../conformance/OperationDefinition-observatory.json"),
+    ),
+    (
         "OperationDefinition-propose-admission.json",
         include_str!("../../conformance/OperationDefinition-propose-admission.json"),
     ),
@@ -779,7 +783,8 @@ mod tests {
         // every move's target has a task status, every operation a move or a dossier handler
         for name in r.operations.keys() {
             assert!(
-                r.moves.contains_key(name) || ["send", "update", "remind"].contains(&name.as_str()),
+                r.moves.contains_key(name)
+                    || ["send", "update", "remind", "observatory"].contains(&name.as_str()),
                 "{name}"
             );
         }
