@@ -1321,3 +1321,100 @@ async fn the_observatory_counts_every_indicator() {
         gw.get("$observatory").await.expect(401);
     }
 }
+
+on_both_engines!(messages_unread_and_unit_notes, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let (u1, u2, doc) = (gw.acting(U1), gw.acting(U2), gw.acting(DOC));
+    // the unit asks for information: a message to the prescriber, unread
+    let ask = params(
+        json!([{"name": "message", "valueString": "Merci de préciser le traitement anticoagulant."}]),
+    );
+    op(&u1, &t[0], "request-info", &ask).await.expect(200);
+    let unread = format!("Communication?part-of=Task/{}&received:missing=true", t[0]);
+    let b = doc.get(&unread).await.expect(200).json();
+    assert_eq!(b["entry"].as_array().map_or(0, Vec::len), 1, "{b}");
+    let mut msg = b["entry"][0]["resource"].clone();
+    assert_eq!(
+        msg["recipient"][0]["reference"],
+        format!("PractitionerRole/{DOC}")
+    );
+    assert_eq!(msg["sender"]["reference"], format!("PractitionerRole/{U1}"));
+    // reading it sets `received`: it leaves the unread list
+    msg["received"] = json!("2026-11-23T10:00:00Z");
+    doc.put(
+        &format!("Communication/{}", msg["id"].as_str().unwrap()),
+        &msg,
+    )
+    .await
+    .expect(200);
+    assert_eq!(count(&gw, &unread).await, 0);
+    // a unit note: only the unit sees it
+    let note = json!({
+        "resourceType": "Communication", "status": "completed",
+        "category": [{"coding": [{"system": format!("{CS}communication-category"), "code": "unit-note"}]}],
+        "partOf": [{"reference": format!("Task/{}", t[0])}],
+        "payload": [{"contentString": "Lit 12 libéré jeudi."}]
+    });
+    u2.post("Communication", &note).await.expect(403);
+    doc.post("Communication", &note).await.expect(403);
+    let created = u1.post("Communication", &note).await.expect(201).json();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(
+        created["meta"]["security"][0]["code"],
+        "HealthcareService/u1"
+    );
+    u1.get(&format!("Communication/{id}")).await.expect(200);
+    doc.get(&format!("Communication/{id}")).await.expect(404);
+    u2.get(&format!("Communication/{id}/_history/1"))
+        .await
+        .expect(404);
+    let notes = format!(
+        "Communication?part-of=Task/{}&category={CS}communication-category|unit-note",
+        t[0]
+    );
+    assert_eq!(
+        u1.get(&notes).await.json()["entry"]
+            .as_array()
+            .map_or(0, Vec::len),
+        1
+    );
+    assert_eq!(
+        doc.get(&notes).await.json()["entry"]
+            .as_array()
+            .map_or(0, Vec::len),
+        0
+    );
+    // nor through an include, nor in a history
+    let with = doc
+        .get(&format!(
+            "Task?_id={}&_revinclude=Communication:part-of",
+            t[0]
+        ))
+        .await
+        .json();
+    let ids: Vec<&str> = with["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert!(!ids.contains(&id), "{ids:?}");
+    assert_eq!(ids.len(), 2, "the Task and the message: {ids:?}");
+    let h = doc.get(&format!("Communication/{id}/_history")).await;
+    assert!(
+        h.status == 404 || h.json()["entry"].as_array().map_or(0, Vec::len) == 0,
+        "{}",
+        h.text
+    );
+    // the label cannot be removed by an update
+    let mut changed = created.clone();
+    changed.as_object_mut().unwrap().remove("meta");
+    changed["payload"][0]["contentString"] = json!("Lit 12 libéré vendredi.");
+    let after = u1
+        .put(&format!("Communication/{id}"), &changed)
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(after["meta"]["security"][0]["code"], "HealthcareService/u1");
+});

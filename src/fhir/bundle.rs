@@ -66,7 +66,13 @@ fn entry(out: &mut String, fhir: &Fhir, rtype: &str, id: &str, resource: &str, m
     );
 }
 
-pub async fn search(fhir: &Fhir, conn: &mut Conn<'_>, rtype: &str, s: Search) -> Result<Resp> {
+pub async fn search(
+    fhir: &Fhir,
+    conn: &mut Conn<'_>,
+    rtype: &str,
+    s: Search,
+    caller: &crate::auth::Caller,
+) -> Result<Resp> {
     let count_only = s.summary == Some(Summary::Count);
     let mut page_query = s.query.clone();
     page_query.limit = if count_only { 0 } else { s.count + 1 };
@@ -89,6 +95,12 @@ pub async fn search(fhir: &Fhir, conn: &mut Conn<'_>, rtype: &str, s: Search) ->
     let mut warnings = s.warnings.clone();
     if !rows.is_empty() && (!s.includes.is_empty() || !s.revincludes.is_empty()) {
         included = includes(fhir, conn, &s, &rows, &mut warnings).await?;
+        // an include does not show what a search would not (unit notes of other units)
+        included.retain(|r| {
+            r.body
+                .as_deref()
+                .is_none_or(|b| fhir.workflow.visible(caller, &r.rtype, b))
+        });
     }
 
     let mut out = String::with_capacity(256 + rows.len() * 2500);
@@ -262,6 +274,7 @@ pub async fn history(
     rtype: Option<&str>,
     id: Option<&str>,
     query: &[(String, String)],
+    caller: &crate::auth::Caller,
 ) -> Result<Resp> {
     let mut count = fhir.paging.default_count;
     let mut offset = 0usize;
@@ -313,6 +326,13 @@ pub async fn history(
     }
     let mut entries = Vec::with_capacity(rows.len());
     for h in rows {
+        // what the caller may not see is left out (a page may then be shorter)
+        if h.body
+            .as_deref()
+            .is_some_and(|b| !fhir.workflow.visible(caller, &h.rtype, b))
+        {
+            continue;
+        }
         let full = format!("{}/{}/{}", fhir.base, h.rtype, h.id);
         let url = if h.method == "POST" {
             h.rtype.clone()

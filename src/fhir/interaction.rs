@@ -752,6 +752,14 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
                 Some(c) if c.deleted => {
                     Err(Error::Gone(format!("{t}/{id}/_history/{v} is a deletion")))
                 }
+                Some(c)
+                    if !c
+                        .body
+                        .as_deref()
+                        .is_none_or(|b| fhir.workflow.visible(&req.caller, t, b)) =>
+                {
+                    Err(Error::NotFound(format!("{t}/{id}/_history/{v} not found")))
+                }
                 Some(c) => {
                     let mut r = Resp::stored(fhir, StatusCode::OK, &c);
                     r.location = None;
@@ -768,22 +776,30 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
         }
         (&Method::GET, Route::Type(t)) | (&Method::POST, Route::TypeSearch(t)) => {
             fhir.check_type(t, "search-type")?;
-            let s = fhir.parse_search(t, &req.query, req.strict)?;
-            super::bundle::search(fhir, conn, t, s).await
+            let mut s = fhir.parse_search(t, &req.query, req.strict)?;
+            // what the caller may not see is not found (unit notes of other units)
+            if t == "Communication"
+                && let Some(allowed) = fhir.workflow.visible_to(&req.caller)
+            {
+                let hidden =
+                    fhir.parse_search(t, &[("visible-to".into(), allowed.join(","))], true)?;
+                s.query.filters.extend(hidden.query.filters);
+            }
+            super::bundle::search(fhir, conn, t, s, &req.caller).await
         }
         (&Method::GET, Route::InstanceHistory(t, id)) => {
             fhir.check_type(t, "history-instance")?;
             if conn.current(t, id, false).await?.is_none() {
                 return Err(Error::NotFound(format!("{t}/{id} not found")));
             }
-            super::bundle::history(fhir, conn, Some(t), Some(id), &req.query).await
+            super::bundle::history(fhir, conn, Some(t), Some(id), &req.query, &req.caller).await
         }
         (&Method::GET, Route::TypeHistory(t)) => {
             fhir.check_type(t, "history-type")?;
-            super::bundle::history(fhir, conn, Some(t), None, &req.query).await
+            super::bundle::history(fhir, conn, Some(t), None, &req.query, &req.caller).await
         }
         (&Method::GET, Route::SystemHistory) => {
-            super::bundle::history(fhir, conn, None, None, &req.query).await
+            super::bundle::history(fhir, conn, None, None, &req.query, &req.caller).await
         }
         (
             &Method::GET,
@@ -817,6 +833,11 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
 
 /// The answer to a read of `t/id` whose current row is `cur`.
 fn instance(fhir: &Fhir, req: &Req, t: &str, id: &str, cur: Option<Stored>) -> Result<Resp> {
+    let cur = cur.filter(|c| {
+        c.body
+            .as_deref()
+            .is_none_or(|b| fhir.workflow.visible(&req.caller, t, b))
+    });
     match cur {
         None => Err(Error::NotFound(format!("{t}/{id} not found"))),
         Some(c) if c.deleted => Err(Error::Gone(format!("{t}/{id} was deleted"))),

@@ -65,6 +65,19 @@ pub struct Workflow {
     pub delays: Delays,
 }
 
+/// The system of the gateway's visibility labels (`meta.security` of a unit note).
+pub const VISIBILITY_SYSTEM: &str = "https://passerelle.dev/fhir/CodeSystem/visibility";
+
+fn visibility_labels(body: &Value) -> Vec<String> {
+    body["meta"]["security"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["system"] == VISIBILITY_SYSTEM)
+        .filter_map(|s| s["code"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// A stored resource with its parsed body.
 struct Live {
     stored: Stored,
@@ -105,7 +118,7 @@ impl Workflow {
 
     /// Whether the workflow computes the search parameters marked `what`.
     pub fn computes(&self, what: &str) -> bool {
-        what == "dashboard-tab"
+        matches!(what, "dashboard-tab" | "visibility")
     }
 
     /// The tokens of a search parameter the workflow computes (`computed-search-parameter`
@@ -122,7 +135,53 @@ impl Workflow {
                     .into_iter()
                     .collect()
             }
+            "visibility" => {
+                let codes = visibility_labels(body);
+                if codes.is_empty() {
+                    vec![(VISIBILITY_SYSTEM.to_owned(), "all".to_owned())]
+                } else {
+                    codes
+                        .into_iter()
+                        .map(|c| (VISIBILITY_SYSTEM.to_owned(), c))
+                        .collect()
+                }
+            }
             _ => Vec::new(),
+        }
+    }
+
+    /// What a caller may see among restricted resources (unit notes): the `visible-to`
+    /// values its searches are limited to; `None` for the system, which sees everything.
+    pub fn visible_to(&self, caller: &Caller) -> Option<Vec<String>> {
+        match caller {
+            Caller::System(_) => None,
+            Caller::Anonymous => Some(vec!["all".into()]),
+            Caller::Person(h) => {
+                // as for requests: a habilitation on units covers those units; one on a
+                // structure, the structure's
+                let mut v = vec!["all".to_owned()];
+                if h.services.is_empty() {
+                    v.extend(h.organization.iter().cloned());
+                } else {
+                    v.extend(h.services.iter().cloned());
+                }
+                Some(v)
+            }
+        }
+    }
+
+    /// Whether `caller` may see a stored resource (a unit note only by its unit).
+    pub fn visible(&self, caller: &Caller, rtype: &str, body: &str) -> bool {
+        if rtype != "Communication" || !body.contains(VISIBILITY_SYSTEM) {
+            return true;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(body) else {
+            return false;
+        };
+        let labels = visibility_labels(&v);
+        match self.visible_to(caller) {
+            None => true,
+            Some(allowed) => labels.is_empty() || labels.iter().any(|l| allowed.contains(l)),
         }
     }
 
@@ -190,8 +249,85 @@ impl Workflow {
                 self.dossier_write(fhir, tx, caller, id, old, body).await?;
                 self.check_profile(ADMISSION_REQUEST, body)
             }
+            "Communication" => self.communication_write(tx, caller, body).await,
             _ => Ok(()),
         }
+    }
+
+    /// A unit note (category `unit-note`, `visible-to` `owner-unit` in the code system) is
+    /// written by its unit about one of its requests, and labelled so only that unit (and its
+    /// establishment) sees it. The label is recomputed on every write: it cannot be dropped.
+    async fn communication_write(
+        &self,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        body: &mut Value,
+    ) -> Result<()> {
+        let cat_system = code_system("communication-category");
+        let restricted = body["category"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+            .filter(|c| c["system"] == cat_system.as_str())
+            .filter_map(|c| c["code"].as_str())
+            .any(|code| {
+                self.rules
+                    .categories
+                    .get(code)
+                    .is_some_and(|v| v == "owner-unit")
+            });
+        // pointer_mut, not indexing: indexing a missing key would insert a null
+        if let Some(sec) = body
+            .pointer_mut("/meta/security")
+            .and_then(Value::as_array_mut)
+        {
+            sec.retain(|s| s["system"] != VISIBILITY_SYSTEM);
+        }
+        if !restricted {
+            return Ok(());
+        }
+        let task_id = body["partOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|r| reference_id(r, "Task"))
+            .ok_or_else(|| {
+                Error::Unprocessable(vec![
+                    Issue::error(
+                        "required",
+                        "a unit note is about a request: partOf Task/[id]",
+                    )
+                    .at("Communication.partOf"),
+                ])
+            })?;
+        let task = live(tx, "Task", &task_id, false)
+            .await?
+            .ok_or_else(|| rule("unit-note", format!("Task/{task_id} not found")))?;
+        if !matches!(caller, Caller::System(_))
+            && !self.is_receiving(tx, caller, &task.body["owner"]).await?
+        {
+            return Err(Error::forbidden(
+                "a unit note is written by the users of the request's unit only",
+            ));
+        }
+        let unit = reference_id(&task.body["owner"], "HealthcareService").unwrap_or_default();
+        let mut labels = vec![format!("HealthcareService/{unit}")];
+        if let Some(org) = live(tx, "HealthcareService", &unit, false)
+            .await?
+            .and_then(|u| reference_id(&u.body["providedBy"], "Organization"))
+        {
+            labels.push(format!("Organization/{org}"));
+        }
+        let mut sec: Vec<Value> = body["meta"]["security"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for l in labels {
+            sec.push(json!({"system": VISIBILITY_SYSTEM, "code": l, "display": "Note d'unité"}));
+        }
+        body["meta"]["security"] = json!(sec);
+        Ok(())
     }
 
     /// The profile issues of a resource that declares one of the gateway's profiles

@@ -175,7 +175,8 @@ fn reminded_at(sr: &Value) -> Option<Micros> {
 
 fn without_marker(sr: &Value) -> Value {
     let mut body = sr.clone();
-    if let Some(ext) = body["extension"].as_array_mut() {
+    // pointer_mut, not indexing: indexing a missing key would insert a null
+    if let Some(ext) = body.pointer_mut("/extension").and_then(Value::as_array_mut) {
         ext.retain(|e| e["url"] != REMINDED_EXTENSION);
         if ext.is_empty()
             && let Some(o) = body.as_object_mut()
@@ -183,7 +184,7 @@ fn without_marker(sr: &Value) -> Value {
             o.remove("extension");
         }
     }
-    if let Some(tags) = body["meta"]["tag"].as_array_mut() {
+    if let Some(tags) = body.pointer_mut("/meta/tag").and_then(Value::as_array_mut) {
         tags.retain(|t| !(t["system"] == TAG_SYSTEM && t["code"] == REMINDED_TAG));
         if tags.is_empty()
             && let Some(m) = body["meta"].as_object_mut()
