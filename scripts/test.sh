@@ -36,7 +36,7 @@ if ! command -v libreoffice >/dev/null 2>&1; then
   }
   install_lo || { $sudo_cmd apt-get update -q >/dev/null && install_lo; }
 fi
-export PASSERELLE_REQUIRE_LIBREOFFICE=1
+export TEST_REQUIRE_LIBREOFFICE=1
 
 # The XML reader under a fuzzer for a bounded time (FUZZ_SECONDS=0 skips it).
 if [ "${FUZZ_SECONDS:-30}" -gt 0 ]; then

@@ -83,12 +83,7 @@ async fn world(gw: &Gateway) -> String {
         "volet-administratif-social",
     ] {
         let qr = doc
-            .post(
-                "QuestionnaireResponse",
-                &json!({"resourceType": "QuestionnaireResponse", "status": "completed",
-                        "questionnaire": format!("https://passerelle.dev/fhir/Questionnaire/{q}"),
-                        "subject": {"reference": "Patient/pat"}}),
-            )
+            .post("QuestionnaireResponse", &part(q, "completed"))
             .await
             .expect(201)
             .json();
@@ -102,6 +97,16 @@ async fn world(gw: &Gateway) -> String {
         .expect(201)
         .json();
     sr["id"].as_str().unwrap().to_owned()
+}
+
+/// A part answered completely for an SMR dossier.
+fn part(questionnaire: &str, status: &str) -> Value {
+    let rules = passerelle::workflow::rules::Rules::load().unwrap();
+    let q = &rules.files[&format!("Questionnaire-{questionnaire}.json")];
+    json!({"resourceType": "QuestionnaireResponse", "status": status,
+           "questionnaire": format!("https://passerelle.dev/fhir/Questionnaire/{questionnaire}"),
+           "subject": {"reference": "Patient/pat"},
+           "item": passerelle::workflow::parts::example_items(q, "smr")})
 }
 
 fn dossier(parts: Value) -> Value {
@@ -617,12 +622,7 @@ on_both_engines!(update_tells_every_open_unit_and_keeps_the_send_date, |gw| {
     .await
     .expect(200);
     let qr = doc
-        .post(
-            "QuestionnaireResponse",
-            &json!({"resourceType": "QuestionnaireResponse", "status": "completed",
-                    "questionnaire": "https://passerelle.dev/fhir/Questionnaire/volet-medical",
-                    "subject": {"reference": "Patient/pat"}}),
-        )
+        .post("QuestionnaireResponse", &part("volet-medical", "completed"))
         .await
         .expect(201)
         .json();
@@ -1113,7 +1113,7 @@ fn libreoffice_to_csv(xlsx: &[u8]) -> Option<String> {
         .is_ok();
     if !found {
         assert!(
-            std::env::var("PASSERELLE_REQUIRE_LIBREOFFICE").is_err(),
+            std::env::var("TEST_REQUIRE_LIBREOFFICE").is_err(),
             "libreoffice is required (scripts/test.sh installs libreoffice-calc-nogui)"
         );
         eprintln!("libreoffice not installed: XLSX read-back skipped");
@@ -1418,3 +1418,144 @@ on_both_engines!(messages_unread_and_unit_notes, |gw| {
         .json();
     assert_eq!(after["meta"]["security"][0]["code"], "HealthcareService/u1");
 });
+
+on_both_engines!(
+    parts_are_written_and_validated_by_the_right_profiles,
+    |gw| {
+        world(&gw).await;
+        let (doc, admin) = (gw.acting(DOC), gw.acting(ADMIN));
+        // the administrative manager writes and validates the administrative part…
+        admin
+            .post(
+                "QuestionnaireResponse",
+                &part("volet-administratif-social", "completed"),
+            )
+            .await
+            .expect(201);
+        // …does not touch the medical part, and nobody validates an incomplete one
+        let a = admin
+            .post(
+                "QuestionnaireResponse",
+                &part("volet-medical", "in-progress"),
+            )
+            .await
+            .expect(403);
+        assert!(
+            a.diagnostics().contains("medical-write"),
+            "{}",
+            a.diagnostics()
+        );
+        gw.acting(U1)
+            .post(
+                "QuestionnaireResponse",
+                &part("volet-soins-projet", "in-progress"),
+            )
+            .await
+            .expect(403);
+        gw.post(
+            "QuestionnaireResponse",
+            &part("volet-medical", "in-progress"),
+        )
+        .await
+        .expect(401);
+        let mut draft = part("volet-medical", "in-progress");
+        draft["item"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|i| i["linkId"] != "care-goal");
+        let saved = doc
+            .post("QuestionnaireResponse", &draft)
+            .await
+            .expect(201)
+            .json();
+        let mut done = saved.clone();
+        done["status"] = json!("completed");
+        let a = doc
+            .put(
+                &format!("QuestionnaireResponse/{}", saved["id"].as_str().unwrap()),
+                &done,
+            )
+            .await
+            .expect(422);
+        assert!(a.diagnostics().contains("care-goal"), "{}", a.diagnostics());
+        // $validate says the same without storing
+        let v = doc
+            .post("QuestionnaireResponse/$validate", &done)
+            .await
+            .expect(200)
+            .json();
+        assert!(
+            v["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap()
+                .contains("care-goal"),
+            "{v}"
+        );
+        // the forms themselves are published, read-only
+        let q = gw
+            .get("Questionnaire?url=https://passerelle.dev/fhir/Questionnaire/volet-medical")
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(q["entry"][0]["resource"]["id"], "volet-medical");
+        gw.get("CodeSystem/business-status").await.expect(200);
+        gw.get("OperationDefinition/agree-in-principle")
+            .await
+            .expect(200);
+        gw.get("StructureDefinition/AdmissionTask")
+            .await
+            .expect(200);
+    }
+);
+
+on_both_engines!(
+    a_new_dossier_from_an_earlier_one_takes_its_administrative_part,
+    |gw| {
+        let sr = world(&gw).await;
+        let doc = gw.acting(DOC);
+        let had = params(
+            json!([{"name": "module", "valueCoding": {"system": format!("{CS}orientation-module"), "code": "had"}}]),
+        );
+        let new = doc
+            .post(&format!("ServiceRequest/{sr}/$copy"), &had)
+            .await
+            .expect(201)
+            .json();
+        assert_eq!(new["status"], "draft");
+        assert_eq!(
+            new["identifier"][0]["value"], "s0000002",
+            "the module's next number"
+        );
+        assert_eq!(
+            new["replaces"][0]["reference"],
+            format!("ServiceRequest/{sr}")
+        );
+        assert_eq!(new["category"][0]["coding"][0]["code"], "had");
+        let parts = new["supportingInfo"].as_array().unwrap();
+        assert_eq!(parts.len(), 1, "the administrative part only");
+        let qr = doc
+            .get(parts[0]["reference"].as_str().unwrap())
+            .await
+            .expect(200)
+            .json();
+        assert_eq!(
+            qr["questionnaire"],
+            "https://passerelle.dev/fhir/Questionnaire/volet-administratif-social"
+        );
+        assert_eq!(qr["status"], "in-progress", "to be validated again");
+        assert_eq!(qr["item"][0]["answer"][0]["valueCoding"]["code"], "had");
+        // the earlier dossier is untouched; a unit cannot copy it; a wrong module is refused
+        let old = doc.get(&format!("ServiceRequest/{sr}")).await.json();
+        assert_eq!(old["meta"]["versionId"], "1");
+        gw.acting(U1)
+            .post(&format!("ServiceRequest/{sr}/$copy"), &none())
+            .await
+            .expect(403);
+        let bad = params(
+            json!([{"name": "module", "valueCoding": {"system": format!("{CS}orientation-module"), "code": "spa"}}]),
+        );
+        doc.post(&format!("ServiceRequest/{sr}/$copy"), &bad)
+            .await
+            .expect(422);
+    }
+);

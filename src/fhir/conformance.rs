@@ -1,4 +1,4 @@
-//! The conformance resources (`conformance/`, and later `profiles/`) served read-only
+//! The conformance resources (`conformance/` and `profiles/`) served read-only
 //! through the API: written into the store at start, through the ordinary update path, so
 //! an unchanged file makes no new version.
 
@@ -27,6 +27,21 @@ fn resources(fhir: &Fhir) -> Result<Vec<(String, String, Value)>> {
             if let Some(id) = r["id"].as_str() {
                 out.push(("SearchParameter".to_owned(), id.to_owned(), r.clone()));
             }
+        }
+    }
+    // the profiles, code systems, value sets, forms and operations the workflow runs on
+    // (ConceptMap is data the gateway reads, not a type it serves)
+    for (file, text) in crate::workflow::rules::PROFILE_FILES
+        .iter()
+        .chain(crate::workflow::rules::OPERATION_FILES)
+    {
+        let r: Value = serde_json::from_str(text)
+            .map_err(|e| Error::invalid("exception", format!("{file}: {e}")))?;
+        let (Some(rtype), Some(id)) = (r["resourceType"].as_str(), r["id"].as_str()) else {
+            continue;
+        };
+        if fhir.registry.is_served(rtype) {
+            out.push((rtype.to_owned(), id.to_owned(), r.clone()));
         }
     }
     Ok(out)

@@ -13,6 +13,7 @@
 pub mod dashboard;
 pub mod moves;
 pub mod observatory;
+pub mod parts;
 pub mod profile;
 pub mod rules;
 pub mod timers;
@@ -63,6 +64,17 @@ impl Default for Delays {
 pub struct Workflow {
     pub rules: Rules,
     pub delays: Delays,
+}
+
+/// Gives a new dossier the next number of its module's prefix (`s0000042`).
+async fn assign_number(tx: &mut Tx<'_>, prefix: &str, body: &mut Value) -> Result<()> {
+    let n = tx.next_number(&format!("dossier/{prefix}")).await?;
+    let number = json!({"system": DOSSIER_SYSTEM, "value": format!("{prefix}{n:07}")});
+    match body["identifier"].as_array_mut() {
+        Some(list) => list.insert(0, number),
+        None => body["identifier"] = json!([number]),
+    }
+    Ok(())
 }
 
 /// The system of the gateway's visibility labels (`meta.security` of a unit note).
@@ -250,8 +262,61 @@ impl Workflow {
                 self.check_profile(ADMISSION_REQUEST, body)
             }
             "Communication" => self.communication_write(tx, caller, body).await,
+            "QuestionnaireResponse" => self.part_write(caller, body),
             _ => Ok(()),
         }
+    }
+
+    /// The Questionnaire and right prefix of a part, when `qr` answers one of the shipped
+    /// Questionnaires.
+    fn part_of(&self, qr: &Value) -> Option<(&Value, &str)> {
+        let url = qr["questionnaire"].as_str()?;
+        let url = url.split('|').next().unwrap_or(url);
+        let prefix = self.rules.parts.get(url)?;
+        let q = self
+            .rules
+            .files
+            .values()
+            .find(|f| f["resourceType"] == "Questionnaire" && f["url"].as_str() == Some(url))?;
+        Some((q, prefix.as_str()))
+    }
+
+    /// Writing a part needs its write (or validate) right; completing it, its validate right
+    /// and every required item answered.
+    fn part_write(&self, caller: &Caller, body: &Value) -> Result<()> {
+        let Some((q, prefix)) = self.part_of(body) else {
+            return Ok(());
+        };
+        let completed = matches!(body["status"].as_str(), Some("completed" | "amended"));
+        if let Caller::Anonymous = caller {
+            return Err(Error::Unauthorized(
+                "a dossier's part is written by an identified user (X-Passerelle-Role in dev mode)"
+                    .into(),
+            ));
+        }
+        if let Caller::Person(h) = caller {
+            let rights = self.rules.profiles.get(&h.profile).map(|p| &p.rights);
+            let has = |r: &str| rights.is_some_and(|set| set.contains(&format!("{prefix}-{r}")));
+            if !has("write") && !has("validate") {
+                return Err(Error::forbidden(format!(
+                    "the profile `{}` may not write the {prefix} part (right {prefix}-write)",
+                    h.profile
+                )));
+            }
+            if completed && !has("validate") {
+                return Err(Error::forbidden(format!(
+                    "the profile `{}` may not validate (complete) the {prefix} part (right {prefix}-validate)",
+                    h.profile
+                )));
+            }
+        }
+        if completed {
+            let issues = parts::missing(q, body);
+            if !issues.is_empty() {
+                return Err(Error::Unprocessable(issues));
+            }
+        }
+        Ok(())
     }
 
     /// A unit note (category `unit-note`, `visible-to` `owner-unit` in the code system) is
@@ -333,6 +398,11 @@ impl Workflow {
     /// The profile issues of a resource that declares one of the gateway's profiles
     /// (`$validate`).
     pub fn profile_issues(&self, resource: &Value) -> Vec<Issue> {
+        if resource["resourceType"] == "QuestionnaireResponse"
+            && let Some((q, _)) = self.part_of(resource)
+        {
+            return parts::missing(q, resource);
+        }
         [ADMISSION_TASK, ADMISSION_REQUEST]
             .into_iter()
             .filter(|url| declares(resource, url))
@@ -438,12 +508,8 @@ impl Workflow {
                         .at("ServiceRequest.category"),
                     ]));
                 };
-                let n = tx.next_number(&format!("dossier/{prefix}")).await?;
-                let number = json!({"system": DOSSIER_SYSTEM, "value": format!("{prefix}{n:07}")});
-                match body["identifier"].as_array_mut() {
-                    Some(list) => list.insert(0, number),
-                    None => body["identifier"] = json!([number]),
-                }
+                let prefix = prefix.clone();
+                assign_number(tx, &prefix, body).await?;
             }
             Some(old) => {
                 if ours(old) != ours(body) {
@@ -823,6 +889,7 @@ impl Workflow {
             ("ServiceRequest", "send") => self.send(fhir, tx, req, id, &params).await,
             ("ServiceRequest", "cancel") => self.cancel_dossier(fhir, tx, req, id, &input).await,
             ("ServiceRequest", "update") => self.update_dossier(fhir, tx, req, id, &params).await,
+            ("ServiceRequest", "copy") => self.copy_dossier(fhir, tx, req, id, &params).await,
             ("Task", "remind") => self.remind(fhir, tx, req, id, &input).await,
             ("Task", _) => {
                 let mv = self
@@ -1185,6 +1252,109 @@ impl Workflow {
         self.provenance(fhir, tx, &req.caller, &target, "remind", None)
             .await?;
         Ok(Resp::stored(fhir, StatusCode::CREATED, &c))
+    }
+
+    /// `$copy`: a new draft dossier for the same patient, replacing the earlier one, with its
+    /// administrative part copied back to `in-progress`.
+    async fn copy_dossier(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        req: &Req,
+        id: &str,
+        params: &Params,
+    ) -> Result<Resp> {
+        let old = self.lock_dossier(tx, id, req.if_match).await?;
+        self.prescriber(tx, &req.caller, &old.body, "copy").await?;
+        let creates = match &req.caller {
+            Caller::Person(h) => self
+                .rules
+                .profiles
+                .get(&h.profile)
+                .is_some_and(|p| p.rights.contains("request-create")),
+            _ => true,
+        };
+        if !creates {
+            return Err(Error::forbidden("$copy needs the right `request-create`"));
+        }
+        let module_system = code_system("orientation-module");
+        let module = match params.one("module") {
+            Some(c) => c.clone(),
+            None => old.body["category"][0]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["system"] == module_system.as_str())
+                .cloned()
+                .unwrap_or(Value::Null),
+        };
+        let prefix = module["code"]
+            .as_str()
+            .filter(|_| module["system"] == module_system.as_str())
+            .and_then(|m| self.rules.modules.get(m))
+            .cloned()
+            .ok_or_else(|| {
+                Error::Unprocessable(vec![
+                    Issue::error(
+                        "code-invalid",
+                        format!("`module` {module} is not a code of {module_system}"),
+                    )
+                    .at("Parameters.parameter[module]"),
+                ])
+            })?;
+        // the administrative part, copied back to in-progress
+        let mut parts = Vec::new();
+        for r in old.body["supportingInfo"].as_array().into_iter().flatten() {
+            let Some(qr_id) = reference_id(r, "QuestionnaireResponse") else {
+                continue;
+            };
+            let Some(qr) = live(tx, "QuestionnaireResponse", &qr_id, false).await? else {
+                continue;
+            };
+            if self.part_of(&qr.body).map(|(_, p)| p) != Some("admin") {
+                continue;
+            }
+            let mut copy = qr.body.clone();
+            if let Some(o) = copy.as_object_mut() {
+                o.remove("id");
+                o.remove("meta");
+                o.remove("authored");
+            }
+            copy["status"] = json!("in-progress");
+            for item in copy["item"].as_array_mut().into_iter().flatten() {
+                if item["linkId"] == "module" {
+                    item["answer"] = json!([{"valueCoding": module}]);
+                }
+            }
+            self.part_write(&req.caller, &copy)?;
+            let stored =
+                put_resource(fhir, tx, "QuestionnaireResponse", None, copy, "POST").await?;
+            parts.push(json!({"reference": format!("QuestionnaireResponse/{}", stored.id)}));
+        }
+        let requester = match &req.caller {
+            Caller::Person(h) => json!({"reference": h.role}),
+            _ => old.body["requester"].clone(),
+        };
+        let mut body = json!({
+            "resourceType": "ServiceRequest",
+            "meta": {"profile": [ADMISSION_REQUEST]},
+            "replaces": [{"reference": format!("ServiceRequest/{id}")}],
+            "status": "draft",
+            "intent": "order",
+            "category": [{"coding": [module]}],
+            "subject": old.body["subject"],
+            "requester": requester,
+        });
+        if !parts.is_empty() {
+            body["supportingInfo"] = json!(parts);
+        }
+        assign_number(tx, &prefix, &mut body).await?;
+        self.check_profile(ADMISSION_REQUEST, &body)?;
+        let stored = put_resource(fhir, tx, "ServiceRequest", None, body, "POST").await?;
+        let target = format!("ServiceRequest/{}/_history/1", stored.id);
+        self.provenance(fhir, tx, &req.caller, &target, "copy", None)
+            .await?;
+        Ok(Resp::stored(fhir, StatusCode::CREATED, &stored))
     }
 
     /// `$update`: new versions of the parts; every open request's unit is told; the

@@ -17,7 +17,7 @@ pub fn code_system(id: &str) -> String {
 }
 
 /// The shipped files the rules come from, compiled in.
-pub(crate) const PROFILE_FILES: &[(&str, &str)] = &[
+pub const PROFILE_FILES: &[(&str, &str)] = &[
     (
         "CodeSystem-business-status.json",
         include_str!("../../profiles/CodeSystem-business-status.json"),
@@ -116,7 +116,7 @@ pub(crate) const PROFILE_FILES: &[(&str, &str)] = &[
     ),
 ];
 
-pub(crate) const OPERATION_FILES: &[(&str, &str)] = &[
+pub const OPERATION_FILES: &[(&str, &str)] = &[
     (
         "OperationDefinition-admit.json",
         include_str!("../../conformance/OperationDefinition-admit.json"),
@@ -132,6 +132,10 @@ pub(crate) const OPERATION_FILES: &[(&str, &str)] = &[
     (
         "OperationDefinition-confirm.json",
         include_str!("../../conformance/OperationDefinition-confirm.json"),
+    ),
+    (
+        "OperationDefinition-copy.json",
+        include_str!("../../conformance/OperationDefinition-copy.json"),
     ),
     (
         "OperationDefinition-mark-read.json",
@@ -174,6 +178,11 @@ pub(crate) const OPERATION_FILES: &[(&str, &str)] = &[
         include_str!("../../conformance/OperationDefinition-withdraw.json"),
     ),
 ];
+
+const PARTS_FILE: (&str, &str) = (
+    "mappings/dossier-parts.json",
+    include_str!("../../mappings/dossier-parts.json"),
+);
 
 const TABS_FILE: (&str, &str) = (
     "mappings/dashboard-tabs.json",
@@ -316,6 +325,8 @@ pub struct Rules {
     pub tabs: BTreeMap<String, String>,
     pub archived_tab: String,
     pub tab_system: String,
+    /// Questionnaire canonical URL → the prefix of the rights on that part (`medical`…).
+    pub parts: BTreeMap<String, String>,
     /// The export columns (key, title), and what each business status waits for.
     pub columns: Vec<(String, String)>,
     pub pending_action: BTreeMap<String, String>,
@@ -682,7 +693,34 @@ impl Rules {
             .flatten()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
             .collect();
+        let (f, text) = PARTS_FILE;
+        let table = parse(f, text)?;
+        let mut parts = BTreeMap::new();
+        for (url, prefix) in table["parts"].as_object().into_iter().flatten() {
+            let prefix = prefix.as_str().unwrap_or_default().to_owned();
+            let shipped = files
+                .values()
+                .any(|q| q["resourceType"] == "Questionnaire" && q["url"].as_str() == Some(url));
+            if !shipped {
+                return Err(err(
+                    f,
+                    format!("parts.{url}"),
+                    "no such Questionnaire in profiles/",
+                ));
+            }
+            for right in ["read", "write", "validate"] {
+                if !known_rights.contains(&format!("{prefix}-{right}")) {
+                    return Err(err(
+                        f,
+                        format!("parts.{url}"),
+                        format!("no right `{prefix}-{right}` in the habilitation profiles"),
+                    ));
+                }
+            }
+            parts.insert(url.clone(), prefix);
+        }
         Ok(Rules {
+            parts,
             columns,
             pending_action,
             tabs,
@@ -784,7 +822,7 @@ mod tests {
         for name in r.operations.keys() {
             assert!(
                 r.moves.contains_key(name)
-                    || ["send", "update", "remind", "observatory"].contains(&name.as_str()),
+                    || ["send", "update", "remind", "observatory", "copy"].contains(&name.as_str()),
                 "{name}"
             );
         }

@@ -51,11 +51,48 @@ for u in ("u1", "u2", "u3"):
 doc = as_role("doc")
 patient = doc.resource("Patient", name=[{"family": "Lefèvre", "given": ["Marcel"]}], birthDate="1941-05-02")
 patient.save()
+
+
+def fill(items, given):
+    """Answers every enabled item of a published Questionnaire (the first option of a choice,
+    false for a boolean, a short text otherwise), as a prescriber's EHR would map its form."""
+    out = []
+    for q in items:
+        def on(c):
+            want = c.get("answerCoding", {}).get("code", c.get("answerBoolean"))
+            return any(g == want for g in given.get(c["question"], []))
+        if q["type"] == "display" or not all(on(c) for c in q.get("enableWhen", [])):
+            continue
+        if q["type"] == "group":
+            out.append({"linkId": q["linkId"], "item": fill(q.get("item", []), given)})
+            continue
+        if q["linkId"] == "module":
+            v, key = {"valueCoding": {"system": CS + "orientation-module", "code": "smr"}}, "smr"
+        elif q["type"] == "choice" and q.get("answerOption"):
+            coding = q["answerOption"][0]["valueCoding"]
+            v, key = {"valueCoding": coding}, coding["code"]
+        elif q["type"] == "boolean":
+            v, key = {"valueBoolean": False}, False
+        elif q["type"] == "date":
+            v, key = {"valueDate": "2026-11-20"}, None
+        elif q["type"] == "decimal":
+            v, key = {"valueDecimal": 1.0}, None
+        elif q["type"] == "integer":
+            v, key = {"valueInteger": 1}, None
+        else:
+            v, key = {"valueString": "Voir le dossier"}, None
+        given.setdefault(q["linkId"], []).append(key)
+        out.append({"linkId": q["linkId"], "answer": [v]})
+    return out
+
+
 parts = []
 for q in ("volet-medical", "volet-soins-projet", "volet-administratif-social"):
-    qr = doc.resource("QuestionnaireResponse", status="completed",
-                      questionnaire=f"https://passerelle.dev/fhir/Questionnaire/{q}",
-                      subject={"reference": f"Patient/{patient.id}"})
+    url = f"https://passerelle.dev/fhir/Questionnaire/{q}"
+    form = doc.resources("Questionnaire").search(url=url).get()
+    qr = doc.resource("QuestionnaireResponse", status="completed", questionnaire=url,
+                      subject={"reference": f"Patient/{patient.id}"},
+                      item=fill(form["item"], {}))
     qr.save()
     parts.append({"reference": f"QuestionnaireResponse/{qr.id}"})
 sr = doc.resource(
