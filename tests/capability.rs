@@ -188,6 +188,25 @@ on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
     )
     .await
     .expect(200);
+    // every operation listed has its definition published and is answered (not "unknown")
+    let ops = cs["rest"][0]["operation"].as_array().unwrap().iter().chain(
+        cs["rest"][0]["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["operation"].as_array().into_iter().flatten()),
+    );
+    for op in ops {
+        let url = op["definition"].as_str().unwrap();
+        if let Some(id) = url.strip_prefix("https://passerelle.dev/fhir/OperationDefinition/") {
+            let od = gw
+                .get(&format!("OperationDefinition/{id}"))
+                .await
+                .expect(200)
+                .json();
+            assert_eq!(od["code"], op["name"]);
+        }
+    }
     // the conformance resources are published, read-only
     gw.get("CapabilityStatement/passerelle").await.expect(200);
     let sp = gw

@@ -1559,3 +1559,71 @@ on_both_engines!(
             .expect(422);
     }
 );
+
+on_both_engines!(withdraw_admit_and_patch_moves, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let (u1, u2, doc) = (gw.acting(U1), gw.acting(U2), gw.acting(DOC));
+    // admitting a request nobody proposed or confirmed; a prescriber admitting
+    let date = params(json!([{"name": "date", "valueDateTime": "2026-12-03T10:00:00+01:00"}]));
+    let a = op(&u1, &t[0], "admit", &date).await.expect(422);
+    assert!(a.diagnostics().contains("move-from"), "{}", a.diagnostics());
+    op(&u1, &t[0], "propose-admission", &date).await.expect(200);
+    op(&doc, &t[0], "admit", &date).await.expect(403);
+    // the unit withdraws its proposal: a reason is required, from either code system
+    let a = op(&u1, &t[0], "withdraw", &none()).await.expect(422);
+    assert!(a.diagnostics().contains("reason"), "{}", a.diagnostics());
+    op(&u2, &t[0], "withdraw", &reason("refusal-reason", "no-bed"))
+        .await
+        .expect(403);
+    let w = op(&u1, &t[0], "withdraw", &reason("refusal-reason", "no-bed"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        (
+            w["status"].as_str(),
+            w["businessStatus"]["coding"][0]["code"].as_str()
+        ),
+        (Some("cancelled"), Some("withdrawn"))
+    );
+    op(&u1, &t[0], "withdraw", &reason("refusal-reason", "no-bed"))
+        .await
+        .expect(409);
+    let d = doc.get(&format!("ServiceRequest/{sr}")).await.json();
+    assert_eq!(
+        d["status"], "active",
+        "a withdrawal leaves the dossier open"
+    );
+    // a move as a JSON Patch
+    let patch = json!([
+        {"op": "replace", "path": "/status", "value": "received"},
+        {"op": "replace", "path": "/businessStatus", "value": {"coding": [{"system": format!("{CS}business-status"), "code": "read"}]}}
+    ]);
+    let r = gw
+        .send(
+            gw.client
+                .patch(gw.url(&format!("Task/{}", t[1])))
+                .header("content-type", "application/json-patch+json")
+                .header("x-passerelle-role", format!("PractitionerRole/{U2}"))
+                .header("if-match", "W/\"1\"")
+                .body(patch.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(state(&gw, &t[1]).await.1, "read");
+    assert_eq!(provenances(&gw, &t[1]).await, 2);
+    // a patch that is no legal move
+    let bad =
+        json!([{"op": "replace", "path": "/owner/reference", "value": "HealthcareService/u3"}]);
+    let r = gw
+        .send(
+            gw.client
+                .patch(gw.url(&format!("Task/{}", t[1])))
+                .header("content-type", "application/json-patch+json")
+                .header("x-passerelle-role", format!("PractitionerRole/{U2}"))
+                .body(bad.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+});
