@@ -1627,3 +1627,76 @@ on_both_engines!(withdraw_admit_and_patch_moves, |gw| {
         .await;
     assert_eq!(r.status, 422, "{}", r.text);
 });
+
+on_both_engines!(every_access_to_patient_data_is_audited, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let (doc, u1, referent) = (gw.acting(DOC), gw.acting(U1), gw.acting(REFERENT));
+    doc.get(&format!("Task/{}", t[0])).await.expect(200);
+    op(&u1, &t[1], "mark-read", &none()).await.expect(403);
+    doc.get("Task?patient=Patient/pat&_format=csv")
+        .await
+        .expect(200);
+    gw.get("Organization/org-chu").await.expect(200);
+    gw.app.audit.flush().await;
+    // the read: who, from where, what, which patient, outcome
+    let b = referent
+        .get(&format!("AuditEvent?entity=Task/{}&subtype=read", t[0]))
+        .await
+        .expect(200)
+        .json();
+    let e = &b["entry"].as_array().expect("an audit event")[0]["resource"];
+    assert_eq!(e["action"], "R");
+    assert_eq!(e["outcome"], "0");
+    assert_eq!(
+        e["agent"][0]["who"]["reference"],
+        format!("PractitionerRole/{DOC}")
+    );
+    assert_eq!(e["agent"][0]["network"]["address"], "127.0.0.1");
+    let whats: Vec<&str> = e["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["what"]["reference"].as_str())
+        .collect();
+    assert!(whats.contains(&"Patient/pat"), "{whats:?}");
+    // the refusal is audited too, with its outcome
+    let b = referent
+        .get(&format!(
+            "AuditEvent?agent=PractitionerRole/{U1}&subtype=operation"
+        ))
+        .await
+        .expect(200)
+        .json();
+    let refused = &b["entry"][0]["resource"];
+    assert_eq!(refused["outcome"], "4", "{b}");
+    assert!(refused["outcomeDesc"].as_str().unwrap().starts_with("403"));
+    // the export: a search, with its query and the patient it was about
+    let b = referent
+        .get("AuditEvent?subtype=search-type&entity=Patient/pat")
+        .await
+        .expect(200)
+        .json();
+    let export = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["resource"]["purposeOfEvent"].is_array());
+    assert!(export.is_some(), "{b}");
+    // the directory is not patient data: not audited
+    let none_for_orgs = referent
+        .get("AuditEvent?entity=Organization/org-chu")
+        .await
+        .json();
+    assert_eq!(none_for_orgs["entry"].as_array().map_or(0, Vec::len), 0);
+    // the trail is read-only, and read by référents only
+    doc.get("AuditEvent").await.expect(403);
+    gw.get("AuditEvent").await.expect(401);
+    let any = json!({"resourceType": "AuditEvent"});
+    referent.post("AuditEvent", &any).await.expect(405);
+    let id = e["id"].as_str().unwrap();
+    referent
+        .delete(&format!("AuditEvent/{id}"))
+        .await
+        .expect(405);
+});

@@ -943,6 +943,19 @@ pub async fn run(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
 
 /// Runs one request that is not a Bundle.
 pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
+    // the audit trail is read by référents and the system only (and written by nobody: the
+    // CapabilityStatement lists no write, so writes are 405 for everyone)
+    if let Route::Type(t)
+    | Route::TypeSearch(t)
+    | Route::TypeHistory(t)
+    | Route::Instance(t, _)
+    | Route::InstanceHistory(t, _)
+    | Route::Version(t, _, _) = &req.route
+        && t == "AuditEvent"
+        && !req.is_write()
+    {
+        fhir.workflow.may_read_audit(&req.caller)?;
+    }
     // The hottest read goes through the store's cache, without a pooled connection.
     if let (&Method::GET, Route::Instance(t, id)) = (&req.method, &req.route) {
         fhir.check_type(t, "read")?;

@@ -197,6 +197,32 @@ impl Workflow {
         }
     }
 
+    /// AuditEvents are read by the habilitations that manage accounts (référents) and by the
+    /// system.
+    pub fn may_read_audit(&self, caller: &Caller) -> Result<()> {
+        match caller {
+            Caller::System(_) => Ok(()),
+            Caller::Anonymous => Err(Error::Unauthorized(
+                "the audit trail needs an identified référent".into(),
+            )),
+            Caller::Person(h) => {
+                let ok = self
+                    .rules
+                    .profiles
+                    .get(&h.profile)
+                    .is_some_and(|p| p.rights.contains("manage-accounts"));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Error::forbidden(format!(
+                        "the audit trail is read by référents (right manage-accounts), not by the profile `{}`",
+                        h.profile
+                    )))
+                }
+            }
+        }
+    }
+
     /// Whether `$name` is one of the workflow's operations.
     pub fn handles(&self, name: &str) -> bool {
         self.rules.operations.contains_key(name)
