@@ -777,8 +777,9 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
         (&Method::GET, Route::Type(t)) | (&Method::POST, Route::TypeSearch(t)) => {
             fhir.check_type(t, "search-type")?;
             let mut s = fhir.parse_search(t, &req.query, req.strict)?;
-            // what the caller may not see is not found (unit notes of other units)
-            if t == "Communication"
+            // what the caller may not see is not found (requests, dossiers and unit notes of
+            // other places)
+            if fhir.registry.param(t, "visible-to").is_some()
                 && let Some(allowed) = fhir.workflow.visible_to(&req.caller)
             {
                 let hidden =
