@@ -1751,6 +1751,42 @@ on_both_engines!(each_place_sees_its_own_requests_only, |gw| {
     assert_eq!(u1.get(&q).await.json()["total"], 1);
     assert_eq!(gw.acting(U2).get(&q).await.json()["total"], 0);
     assert_eq!(other.get(&q).await.json()["total"], 0);
+    // the patient and the parts go where the dossier goes
+    u1.get("Patient/pat").await.expect(200);
+    other.get("Patient/pat").await.expect(404);
+    assert_eq!(u1.get("QuestionnaireResponse").await.json()["total"], 3);
+    assert_eq!(other.get("QuestionnaireResponse").await.json()["total"], 0);
+    // a part only for the profiles that may read it: no medical part for the administrative manager
+    let seen = gw.acting(ADMIN).get("QuestionnaireResponse").await.json();
+    let forms: Vec<&str> = seen["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["questionnaire"].as_str())
+        .collect();
+    assert_eq!(forms.len(), 2, "{forms:?}");
+    assert!(
+        !forms.iter().any(|f| f.ends_with("volet-medical")),
+        "{forms:?}"
+    );
+    let medical = doc
+        .get("QuestionnaireResponse?dossier-part=medical")
+        .await
+        .json();
+    let med_id = medical["entry"][0]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    gw.acting(ADMIN)
+        .get(&format!("QuestionnaireResponse/{med_id}"))
+        .await
+        .expect(404);
+    let by_id = gw
+        .acting(ADMIN)
+        .get(&format!("QuestionnaireResponse?_id={med_id}"))
+        .await
+        .json();
+    assert_eq!(by_id["total"], 0, "{by_id}");
     // the labels are the gateway's: a PUT cannot widen them
     let mut d = doc.get(&format!("ServiceRequest/{sr}")).await.json();
     d["meta"]["security"] = json!([{"system": "https://passerelle.dev/fhir/CodeSystem/visibility", "code": "Organization/org-other"}]);

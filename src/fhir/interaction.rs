@@ -786,6 +786,15 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
                     fhir.parse_search(t, &[("visible-to".into(), allowed.join(","))], true)?;
                 s.query.filters.extend(hidden.query.filters);
             }
+            if fhir.registry.param(t, "dossier-part").is_some()
+                && let Some(parts) = fhir.workflow.readable_parts(&req.caller)
+            {
+                let mut allowed = vec!["none".to_owned()];
+                allowed.extend(parts);
+                let hidden =
+                    fhir.parse_search(t, &[("dossier-part".into(), allowed.join(","))], true)?;
+                s.query.filters.extend(hidden.query.filters);
+            }
             super::bundle::search(fhir, conn, t, s, &req.caller).await
         }
         (&Method::GET, Route::InstanceHistory(t, id)) => {

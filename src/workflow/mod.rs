@@ -100,6 +100,30 @@ fn add_labels(body: &mut Value, labels: &[String], display: &str) {
     }
 }
 
+/// The places of a user: the habilitation, and its units or its structure.
+fn caller_places(caller: &Caller) -> Vec<String> {
+    match caller {
+        Caller::Person(h) => {
+            let mut v = vec![h.role.clone()];
+            if h.services.is_empty() {
+                v.extend(h.organization.iter().cloned());
+            } else {
+                v.extend(h.services.iter().cloned());
+            }
+            v
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// What a user creates is seen by their places; on an update the labels stay the gateway's.
+fn keep_or_set_labels(caller: &Caller, old: Option<&Value>, body: &mut Value, display: &str) {
+    match old {
+        Some(old) => set_labels(body, &visibility_labels(old), display),
+        None => set_labels(body, &caller_places(caller), display),
+    }
+}
+
 /// Sets a resource's visibility labels to `labels` exactly (what a client sent is dropped).
 fn set_labels(body: &mut Value, labels: &[String], display: &str) {
     if let Some(sec) = body
@@ -166,7 +190,7 @@ impl Workflow {
 
     /// Whether the workflow computes the search parameters marked `what`.
     pub fn computes(&self, what: &str) -> bool {
-        matches!(what, "dashboard-tab" | "visibility")
+        matches!(what, "dashboard-tab" | "visibility" | "dossier-part")
     }
 
     /// The tokens of a search parameter the workflow computes (`computed-search-parameter`
@@ -182,6 +206,10 @@ impl Workflow {
                 tab.map(|t| (self.rules.tab_system.clone(), t))
                     .into_iter()
                     .collect()
+            }
+            "dossier-part" => {
+                let part = self.part_of(body).map_or("none", |(_, p)| p);
+                vec![(code_system("dossier-part"), part.to_owned())]
             }
             "visibility" => {
                 let codes = visibility_labels(body);
@@ -204,15 +232,11 @@ impl Workflow {
         match caller {
             Caller::System(_) => None,
             Caller::Anonymous => Some(vec!["all".into()]),
-            Caller::Person(h) => {
+            Caller::Person(_) => {
                 // as for moves: a habilitation on units covers those units; one on a
                 // structure, the structure's; and what names the habilitation itself
-                let mut v = vec!["all".to_owned(), h.role.clone()];
-                if h.services.is_empty() {
-                    v.extend(h.organization.iter().cloned());
-                } else {
-                    v.extend(h.services.iter().cloned());
-                }
+                let mut v = vec!["all".to_owned()];
+                v.extend(caller_places(caller));
                 Some(v)
             }
         }
@@ -221,18 +245,54 @@ impl Workflow {
     /// Whether `caller` may see a stored resource: one with visibility labels only by the
     /// places they name (a request by its unit and prescribing structure, a unit note by its
     /// unit).
-    pub fn visible(&self, caller: &Caller, _rtype: &str, body: &str) -> bool {
-        if !body.contains(VISIBILITY_SYSTEM) {
+    pub fn visible(&self, caller: &Caller, rtype: &str, body: &str) -> bool {
+        let part = rtype == "QuestionnaireResponse" && body.contains("/fhir/Questionnaire/");
+        if !body.contains(VISIBILITY_SYSTEM) && !part {
             return true;
         }
         let Ok(v) = serde_json::from_str::<Value>(body) else {
             return false;
         };
+        // a part only for the profiles that may read it (the medical part is not for an
+        // administrative manager)
+        if part
+            && let Some(allowed) = self.readable_parts(caller)
+            && let Some((_, prefix)) = self.part_of(&v)
+            && !allowed.iter().any(|p| p == prefix)
+        {
+            return false;
+        }
         let labels = visibility_labels(&v);
         match self.visible_to(caller) {
             None => true,
             Some(allowed) => labels.is_empty() || labels.iter().any(|l| allowed.contains(l)),
         }
+    }
+
+    /// The parts a caller may read (right `<part>-read`, `-write` or `-validate`); `None` for
+    /// the system and the anonymous (who are kept from patient data elsewhere).
+    pub fn readable_parts(&self, caller: &Caller) -> Option<Vec<String>> {
+        let Caller::Person(h) = caller else {
+            return None;
+        };
+        let rights = self
+            .rules
+            .profiles
+            .get(&h.profile)
+            .map(|p| p.rights.clone())
+            .unwrap_or_default();
+        Some(
+            self.rules
+                .parts
+                .values()
+                .filter(|prefix| {
+                    ["read", "write", "validate"]
+                        .iter()
+                        .any(|r| rights.contains(&format!("{prefix}-{r}")))
+                })
+                .cloned()
+                .collect(),
+        )
     }
 
     /// AuditEvents are read by the habilitations that manage accounts (référents) and by the
@@ -326,7 +386,17 @@ impl Workflow {
                 self.check_profile(ADMISSION_REQUEST, body)
             }
             "Communication" => self.communication_write(tx, caller, body).await,
-            "QuestionnaireResponse" => self.part_write(caller, body),
+            "QuestionnaireResponse" => {
+                self.part_write(caller, body)?;
+                if self.part_of(body).is_some() {
+                    keep_or_set_labels(caller, old, body, "Volet");
+                }
+                Ok(())
+            }
+            "Patient" => {
+                keep_or_set_labels(caller, old, body, "Patient");
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -506,7 +576,7 @@ impl Workflow {
     /// number; the status moves only through the operations.
     async fn dossier_write(
         &self,
-        _fhir: &Fhir,
+        fhir: &Fhir,
         tx: &mut Tx<'_>,
         caller: &Caller,
         id: &str,
@@ -586,6 +656,7 @@ impl Workflow {
                 assign_number(tx, &prefix, body).await?;
                 let labels = self.requester_labels(tx, &body["requester"]).await?;
                 set_labels(body, &labels, "Dossier");
+                self.share(fhir, tx, body, &labels).await?;
             }
             Some(old) => {
                 if ours(old) != ours(body) {
@@ -609,6 +680,45 @@ impl Workflow {
                 let _ = id;
                 // the labels are the gateway's: kept as they were
                 set_labels(body, &visibility_labels(old), "Dossier");
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets `places` see a dossier's patient and parts (new versions only where a label is
+    /// missing).
+    async fn share(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        dossier: &Value,
+        places: &[String],
+    ) -> Result<()> {
+        let mut targets: Vec<(String, String)> = Vec::new();
+        if let Some(p) = reference_id(&dossier["subject"], "Patient") {
+            targets.push(("Patient".into(), p));
+        }
+        for r in dossier["supportingInfo"].as_array().into_iter().flatten() {
+            if let Some(q) = reference_id(r, "QuestionnaireResponse") {
+                targets.push(("QuestionnaireResponse".into(), q));
+            }
+        }
+        for (rtype, id) in targets {
+            let Some(cur) = live(tx, &rtype, &id, true).await? else {
+                continue;
+            };
+            let mut body = cur.body.clone();
+            add_labels(
+                &mut body,
+                places,
+                if rtype == "Patient" {
+                    "Patient"
+                } else {
+                    "Volet"
+                },
+            );
+            if body != cur.body {
+                put_resource(fhir, tx, &rtype, Some(&id), body, "PUT").await?;
             }
         }
         Ok(())
@@ -1207,7 +1317,8 @@ impl Workflow {
                 .await?;
             entries.push(stored);
         }
-        // the dossier becomes active, and visible to the units it was sent to
+        // the dossier becomes active, and visible (with its patient and parts) to the units
+        self.share(fhir, tx, &sr.body, &unit_places).await?;
         let mut body = sr.body.clone();
         body["status"] = json!("active");
         add_labels(&mut body, &unit_places, "Dossier");
@@ -1441,6 +1552,7 @@ impl Workflow {
                 }
             }
             self.part_write(&req.caller, &copy)?;
+            set_labels(&mut copy, &caller_places(&req.caller), "Volet");
             let stored =
                 put_resource(fhir, tx, "QuestionnaireResponse", None, copy, "POST").await?;
             parts.push(json!({"reference": format!("QuestionnaireResponse/{}", stored.id)}));
@@ -1465,6 +1577,7 @@ impl Workflow {
         assign_number(tx, &prefix, &mut body).await?;
         let labels = self.requester_labels(tx, &body["requester"]).await?;
         set_labels(&mut body, &labels, "Dossier");
+        self.share(fhir, tx, &body, &labels).await?;
         self.check_profile(ADMISSION_REQUEST, &body)?;
         let stored = put_resource(fhir, tx, "ServiceRequest", None, body, "POST").await?;
         let target = format!("ServiceRequest/{}/_history/1", stored.id);
@@ -1524,6 +1637,8 @@ impl Workflow {
         }
         self.check_parts(tx, &body).await?;
         if body != sr.body {
+            self.share(fhir, tx, &body, &visibility_labels(&body))
+                .await?;
             put_resource(fhir, tx, "ServiceRequest", Some(id), body, "PUT").await?;
         }
         let text = params
