@@ -1797,3 +1797,82 @@ on_both_engines!(each_place_sees_its_own_requests_only, |gw| {
     other.get(&format!("ServiceRequest/{sr}")).await.expect(404);
     u1.get(&format!("ServiceRequest/{sr}")).await.expect(200);
 });
+
+on_both_engines!(referents_grant_in_their_structure_only, |gw| {
+    world(&gw).await;
+    let referent = gw.acting(REFERENT);
+    // a referent needs a structure: role-ref sits at org-chu
+    let grant = |id: &str, profile: &str, org: &str, who: &str| {
+        let mut r = role(id, profile, org, None);
+        r["practitioner"] = json!({"reference": format!("Practitioner/{who}")});
+        r
+    };
+    referent
+        .put(
+            "PractitionerRole/new-nurse",
+            &grant("new-nurse", "equipe-soignante", "org-chu", "p-nurse"),
+        )
+        .await
+        .expect(201);
+    let a = referent
+        .put(
+            "PractitionerRole/far",
+            &grant("far", "equipe-soignante", "org-smr", "p-far"),
+        )
+        .await
+        .expect(403);
+    assert!(
+        a.diagnostics().contains("that structure only"),
+        "{}",
+        a.diagnostics()
+    );
+    let a = referent
+        .put(
+            "PractitionerRole/self",
+            &grant(
+                "self",
+                "prescripteur-medical",
+                "org-chu",
+                &format!("p-{REFERENT}"),
+            ),
+        )
+        .await
+        .expect(403);
+    assert!(
+        a.diagnostics().contains("themselves"),
+        "{}",
+        a.diagnostics()
+    );
+    gw.acting(DOC)
+        .put(
+            "PractitionerRole/x",
+            &grant("x", "equipe-soignante", "org-chu", "p-x"),
+        )
+        .await
+        .expect(403);
+    gw.get("PractitionerRole/far").await.expect(404);
+    // the structures short of référents: org-chu has one, org-smr none
+    let report = referent.get("$referents").await.expect(200).json();
+    let short: Vec<&str> = report["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["part"][0]["valueReference"]["reference"].as_str())
+        .collect();
+    assert!(
+        short.contains(&"Organization/org-chu") && short.contains(&"Organization/org-smr"),
+        "{short:?}"
+    );
+    gw.put(
+        "PractitionerRole/ref2",
+        &grant("ref2", "referent", "org-chu", "p-ref2"),
+    )
+    .await
+    .expect(201);
+    let report = referent.get("$referents").await.json();
+    assert!(
+        !report.to_string().contains("Organization/org-chu"),
+        "{report}"
+    );
+    gw.acting(DOC).get("$referents").await.expect(403);
+});

@@ -818,6 +818,18 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
                 id: None,
                 name,
             },
+        ) if name == "referents" => {
+            fhir.workflow.may_read_audit(&req.caller)?;
+            let p = fhir.workflow.referent_report(fhir, conn).await?;
+            Ok(Resp::json(StatusCode::OK, p))
+        }
+        (
+            &Method::GET,
+            Route::Operation {
+                rtype: None,
+                id: None,
+                name,
+            },
         ) if name == "observatory" => {
             if req.table {
                 let table = fhir.workflow.observatory_table(fhir, conn, req).await?;

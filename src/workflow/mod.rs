@@ -295,8 +295,8 @@ impl Workflow {
         )
     }
 
-    /// AuditEvents are read by the habilitations that manage accounts (référents) and by the
-    /// system.
+    /// AuditEvents (and the référent report) are read by the habilitations that manage
+    /// accounts (référents) and by the system.
     pub fn may_read_audit(&self, caller: &Caller) -> Result<()> {
         match caller {
             Caller::System(_) => Ok(()),
@@ -397,6 +397,7 @@ impl Workflow {
                 keep_or_set_labels(caller, old, body, "Patient");
                 Ok(())
             }
+            "PractitionerRole" => self.habilitation_write(tx, caller, old, body).await,
             _ => Ok(()),
         }
     }
@@ -537,6 +538,120 @@ impl Workflow {
         }
         body["meta"]["security"] = json!(sec);
         Ok(())
+    }
+
+    /// Granting, changing or ending a habilitation (a PractitionerRole): by a référent
+    /// (right `manage-accounts`) of the structure where it sits, never for themselves. In dev
+    /// mode an anonymous caller may still set up accounts (contract §4); the system may too.
+    async fn habilitation_write(
+        &self,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        old: Option<&Value>,
+        body: &Value,
+    ) -> Result<()> {
+        let Caller::Person(h) = caller else {
+            return Ok(());
+        };
+        let manages = self
+            .rules
+            .profiles
+            .get(&h.profile)
+            .is_some_and(|p| p.rights.contains("manage-accounts"));
+        if !manages {
+            return Err(Error::forbidden(format!(
+                "habilitations are granted by référents (right manage-accounts), not by the profile `{}`",
+                h.profile
+            )));
+        }
+        let Some(mine) = &h.organization else {
+            return Err(Error::forbidden(format!(
+                "{} names no structure: it cannot grant habilitations",
+                h.role
+            )));
+        };
+        // the structure(s) the habilitation sits in, before and after the change
+        for role in old.into_iter().chain(std::iter::once(body)) {
+            let mut places: Vec<String> = role["organization"]["reference"]
+                .as_str()
+                .map(str::to_owned)
+                .into_iter()
+                .collect();
+            for u in role["healthcareService"].as_array().into_iter().flatten() {
+                if let Some(unit) = reference_id(u, "HealthcareService")
+                    && let Some(org) = live(tx, "HealthcareService", &unit, false)
+                        .await?
+                        .and_then(|x| reference_id(&x.body["providedBy"], "Organization"))
+                {
+                    places.push(format!("Organization/{org}"));
+                }
+            }
+            if places.is_empty() || places.iter().any(|p| p != mine) {
+                return Err(Error::forbidden(format!(
+                    "a référent of {mine} grants habilitations in that structure only"
+                )));
+            }
+            if h.practitioner.is_some()
+                && role["practitioner"]["reference"].as_str() == h.practitioner.as_deref()
+            {
+                return Err(Error::forbidden("nobody grants themselves a habilitation"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The structures with fewer than two valid référents (domain.md: there must be two,
+    /// since nobody grants themselves anything), as a `Parameters` resource.
+    pub async fn referent_report(
+        &self,
+        fhir: &Fhir,
+        conn: &mut crate::store::Conn<'_>,
+    ) -> Result<Value> {
+        let now = fhir.store.clock().now();
+        let mut q = crate::store::Query::new("Organization");
+        q.limit = usize::MAX >> 1;
+        let orgs = conn.search(&q).await?;
+        let mut q = crate::store::Query::new("PractitionerRole");
+        q.limit = usize::MAX >> 1;
+        let roles = conn.search(&q).await?;
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &roles {
+            let Some(body) = r
+                .body
+                .as_deref()
+                .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            else {
+                continue;
+            };
+            if let Some(hab) = crate::auth::habilitation(&r.id, &body, now)
+                && self
+                    .rules
+                    .profiles
+                    .get(&hab.profile)
+                    .is_some_and(|p| p.rights.contains("manage-accounts"))
+                && let Some(org) = hab.organization
+            {
+                *count.entry(org).or_default() += 1;
+            }
+        }
+        let mut out = Vec::new();
+        for o in &orgs {
+            let key = format!("Organization/{}", o.id);
+            let n = count.get(&key).copied().unwrap_or(0);
+            if n < 2 {
+                let name = o
+                    .body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str::<Value>(b).ok())
+                    .and_then(|b| b["name"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                out.push(json!({"name": "structure", "part": [
+                    {"name": "organization", "valueReference": {"reference": key, "display": name}},
+                    {"name": "referents", "valueInteger": n}
+                ]}));
+            }
+        }
+        Ok(json!({"resourceType": "Parameters", "parameter": out}))
     }
 
     /// The profile issues of a resource that declares one of the gateway's profiles

@@ -154,6 +154,10 @@ pub const OPERATION_FILES: &[(&str, &str)] = &[
         include_str!("../../conformance/OperationDefinition-reactivate.json"),
     ),
     (
+        "OperationDefinition-referents.json",
+        include_str!("../../conformance/OperationDefinition-referents.json"),
+    ),
+    (
         "OperationDefinition-refuse.json",
         include_str!("../../conformance/OperationDefinition-refuse.json"),
     ),
@@ -822,7 +826,15 @@ mod tests {
         for name in r.operations.keys() {
             assert!(
                 r.moves.contains_key(name)
-                    || ["send", "update", "remind", "observatory", "copy"].contains(&name.as_str()),
+                    || [
+                        "send",
+                        "update",
+                        "remind",
+                        "observatory",
+                        "copy",
+                        "referents"
+                    ]
+                    .contains(&name.as_str()),
                 "{name}"
             );
         }
