@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod export;
 pub mod fhir;
 pub mod observe;
