@@ -41,7 +41,7 @@ const SR_PROFILE: &str = "https://passerelle.dev/fhir/StructureDefinition/Admiss
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(
-        "the demo data set is already in {0} ({m0}/{m1} exists); nothing was written. Point DATABASE_URL at another database, or delete this one, to load it again",
+        "{0} already holds the demo data set ({m0}/{m1} exists); nothing was written. Point DATABASE_URL at another database, or delete this one, to load it again",
         m0 = MARKER.0,
         m1 = MARKER.1
     )]
@@ -466,6 +466,9 @@ const PRESCRIBERS: &[(&str, &str, &str, &str, &str)] = &[
         "gestionnaire-administratif-social",
     ),
 ];
+
+/// The social worker of the prescribing side (in [`PRESCRIBERS`]).
+const SOCIAL_WORKER: usize = 4;
 
 /// The modules of the demo: code, units (indexes in [`UNITS`]), prescribers (in
 /// [`PRESCRIBERS`]), birth years.
@@ -1610,6 +1613,8 @@ struct DossierPlan {
     person_name: String,
     module: &'static str,
     prescriber: usize,
+    /// Who writes and validates the medical and care parts (in [`PRESCRIBERS`]).
+    doctor: usize,
     /// Indexes in [`UNITS`].
     units: Vec<usize>,
     parts: Vec<(&'static str, Value)>,
@@ -1943,6 +1948,7 @@ fn plan_dossier(
         person_name: format!("{} {}", p.given[0], p.family),
         module,
         prescriber,
+        doctor,
         units: chosen,
         parts,
         unfinished: if scenario == Scenario::Draft {
@@ -2042,6 +2048,13 @@ async fn perform(
             let mut refs = Vec::new();
             let n = d.parts.len();
             for (k, (q, items)) in d.parts.iter().enumerate() {
+                // each part by a profile with the right to write it: the medical and care
+                // parts by a doctor, the administrative and social part by the social worker
+                let author = match *q {
+                    "volet-administratif-social" => SOCIAL_WORKER,
+                    _ => d.doctor,
+                };
+                let writer = &dir.prescribers[author];
                 let qr_id = format!("{}-{}", d.id, q.trim_start_matches("volet-"));
                 let status = if k + d.unfinished >= n {
                     "in-progress"
@@ -2055,11 +2068,11 @@ async fn perform(
                     "status": status,
                     "subject": {"reference": format!("Patient/{pid}"), "display": d.person_name},
                     "authored": format_instant(d.created - (n - k) as i64 * 20 * MINUTE),
-                    "author": {"reference": requester},
+                    "author": {"reference": format!("PractitionerRole/{}", PRESCRIBERS[author].0)},
                     "item": items
                 });
                 sim.call(
-                    doc,
+                    writer,
                     Method::PUT,
                     &format!("QuestionnaireResponse/{qr_id}"),
                     Some(qr),
@@ -2273,6 +2286,15 @@ mod tests {
         for (want, _) in SCENARIOS {
             assert!(s.contains(want), "{want:?}");
         }
+    }
+
+    #[test]
+    fn the_social_worker_is_the_social_worker() {
+        assert_eq!(
+            PRESCRIBERS[SOCIAL_WORKER].4,
+            "gestionnaire-administratif-social"
+        );
+        assert_eq!(PRESCRIBERS[0].4, "prescripteur-medical");
     }
 
     #[test]
