@@ -164,8 +164,9 @@ pub async fn run(config: &Config, opts: &Options) -> Result<Summary, DemoError> 
     Ok(summary)
 }
 
-/// Loads the demo into `app`, whose store runs on `clock` (somewhere before `end`); leaves the
-/// clock at `end`.
+/// Loads the demo into `app`, whose store runs on `clock` (somewhere before `end`, far enough
+/// back for the timers: see [`run`]); leaves the clock at `end`. The summary's `database` and
+/// `examples` are left for the caller, who knows the configuration.
 pub async fn load(
     app: &App,
     clock: &ManualClock,
@@ -1095,6 +1096,9 @@ fn option(link_id: &str, code: &str) -> Result<Value, DemoError> {
     )))
 }
 
+/// One answered item: a JSON boolean is a `valueBoolean`, a Coding (an object with a `code`)
+/// a `valueCoding`, [`d`]'s marker a `valueDate`, a number a `valueDecimal`, anything else a
+/// `valueString`.
 fn answer(link_id: &str, value: Value) -> Value {
     let (k, v) = match value {
         Value::Bool(b) => ("valueBoolean", json!(b)),
@@ -1113,6 +1117,7 @@ fn group(link_id: &str, items: Vec<Value>) -> Value {
     json!({"linkId": link_id, "item": items})
 }
 
+/// A date answer, for [`answer`].
 fn d(s: String) -> Value {
     json!({ "date": s })
 }
