@@ -9,7 +9,8 @@
 //! [`ManualClock`] started about four months in the past and moved forward event by event, so
 //! the timestamps look lived-in and the timers act on their real delays.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use axum::http::Method;
 use serde_json::{Value, json};
@@ -20,6 +21,7 @@ use crate::fhir::interaction::{self, Body, Fhir, Req};
 use crate::server::{App, ServeError};
 use crate::time::{Clock, ManualClock, Micros, SystemClock, format_instant};
 use crate::workflow::moves::TAG_SYSTEM;
+use crate::workflow::parts;
 use crate::workflow::rules::code_system;
 
 const HOUR: Micros = 3_600_000_000;
@@ -1065,20 +1067,34 @@ const QUESTIONNAIRES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The shipped Questionnaires, parsed once.
+fn questionnaires() -> Result<&'static [(&'static str, Value)], DemoError> {
+    static PARSED: OnceLock<Vec<(&'static str, Value)>> = OnceLock::new();
+    if let Some(p) = PARSED.get() {
+        return Ok(p);
+    }
+    let mut parsed = Vec::new();
+    for (id, text) in QUESTIONNAIRES {
+        let q = serde_json::from_str(text).map_err(|e| DemoError::Data(format!("{id}: {e}")))?;
+        parsed.push((*id, q));
+    }
+    Ok(PARSED.get_or_init(|| parsed))
+}
+
+fn find_item<'a>(items: &'a Value, link_id: &str) -> Option<&'a Value> {
+    items.as_array()?.iter().find_map(|i| {
+        if i["linkId"] == link_id {
+            Some(i)
+        } else {
+            find_item(&i["item"], link_id)
+        }
+    })
+}
+
 /// The `answerOption` coding of a choice item of the shipped Questionnaires.
 fn option(link_id: &str, code: &str) -> Result<Value, DemoError> {
-    fn find<'a>(items: &'a Value, link_id: &str) -> Option<&'a Value> {
-        items.as_array()?.iter().find_map(|i| {
-            if i["linkId"] == link_id {
-                Some(i)
-            } else {
-                find(&i["item"], link_id)
-            }
-        })
-    }
-    for (_, text) in QUESTIONNAIRES {
-        let q: Value = serde_json::from_str(text).map_err(|e| DemoError::Data(e.to_string()))?;
-        if let Some(item) = find(&q["item"], link_id) {
+    for (_, q) in questionnaires()? {
+        if let Some(item) = find_item(&q["item"], link_id) {
             return item["answerOption"]
                 .as_array()
                 .into_iter()
@@ -1094,6 +1110,71 @@ fn option(link_id: &str, code: &str) -> Result<Value, DemoError> {
     Err(DemoError::Data(format!(
         "no Questionnaire item `{link_id}`"
     )))
+}
+
+/// The answers of a tree of answered items, by linkId (the `{"valueX": …}` objects).
+fn flatten(items: &Value, out: &mut BTreeMap<String, Value>) {
+    for i in items.as_array().into_iter().flatten() {
+        if let (Some(id), Some(a)) = (i["linkId"].as_str(), i["answer"][0].as_object()) {
+            out.insert(id.to_owned(), Value::Object(a.clone()));
+        }
+        flatten(&i["item"], out);
+    }
+}
+
+/// The items of a response to a Questionnaire: the answers given, in the Questionnaire's
+/// order and nesting, for the items enabled by the answers before them (`enableWhen`); a
+/// required, enabled item without an answer gets a neutral one (first option, `false`,
+/// today). An optional group appears only when it holds a given answer. Returns the items
+/// and whether any given answer is among them.
+fn fill(
+    q_items: &Value,
+    given: &BTreeMap<String, Value>,
+    seen: &mut BTreeMap<String, Vec<Value>>,
+    today: &str,
+) -> (Vec<Value>, bool) {
+    let mut out = Vec::new();
+    let mut touched = false;
+    for qi in q_items.as_array().into_iter().flatten() {
+        let Some(id) = qi["linkId"].as_str() else {
+            continue;
+        };
+        if qi["type"] == "display" || !parts::enabled(qi, seen) {
+            continue;
+        }
+        let required = qi["required"] == true;
+        if qi["type"] == "group" {
+            let (items, t) = fill(&qi["item"], given, seen, today);
+            if t || required {
+                out.push(json!({"linkId": id, "item": items}));
+                touched |= t;
+            }
+            continue;
+        }
+        let value = match given.get(id) {
+            Some(v) => {
+                touched = true;
+                v.clone()
+            }
+            None if required => match qi["type"].as_str().unwrap_or_default() {
+                "choice" | "open-choice" => match &qi["answerOption"][0]["valueCoding"] {
+                    Value::Null => json!({"valueString": "Non renseigné"}),
+                    c => json!({"valueCoding": c}),
+                },
+                "boolean" => json!({"valueBoolean": false}),
+                "date" => json!({"valueDate": today}),
+                "integer" => json!({"valueInteger": 0}),
+                "decimal" => json!({"valueDecimal": 0}),
+                _ => json!({"valueString": "Non renseigné"}),
+            },
+            None => continue,
+        };
+        if let Some((_, v)) = value.as_object().and_then(|o| o.iter().next()) {
+            seen.entry(id.to_owned()).or_default().push(v.clone());
+        }
+        out.push(json!({"linkId": id, "answer": [value]}));
+    }
+    (out, touched)
 }
 
 /// One answered item: a JSON boolean is a `valueBoolean`, a Coding (an object with a `code`)
@@ -1157,6 +1238,7 @@ fn parts(
         "ehpad" => *rng.pick(&["moderate", "severe", "mild"]),
         _ => *rng.pick(&["none", "none", "mild"]),
     };
+    let bmr = rng.chance(15);
     let mut medical = vec![
         module.clone(),
         group(
@@ -1200,10 +1282,7 @@ fn parts(
                     "infection",
                     vec![answer(
                         "infection-carriage",
-                        option(
-                            "infection-carriage",
-                            if rng.chance(15) { "bmr" } else { "none" },
-                        )?,
+                        option("infection-carriage", if bmr { "bmr" } else { "none" })?,
                     )],
                 ),
                 group(
@@ -1307,6 +1386,7 @@ fn parts(
         ],
     ));
     let rehab = story.module == "smr";
+    let wound = story.diagnosis.contains("Ulcère");
     let soins = vec![
         module.clone(),
         group(
@@ -1314,14 +1394,7 @@ fn parts(
             vec![
                 answer(
                     "wound-care",
-                    option(
-                        "wound-care",
-                        if story.module == "had" {
-                            "complex"
-                        } else {
-                            "none"
-                        },
-                    )?,
+                    option("wound-care", if wound { "complex" } else { "none" })?,
                 ),
                 answer(
                     "nursing-frequency",
@@ -1432,7 +1505,8 @@ fn parts(
             ],
         ),
     ];
-    let lives = *rng.pick(&["alone", "couple", "family", "alone"]);
+    let trusted = rng.chance(60);
+    let lives = rng.one(&["alone", "couple", "family", "alone"]);
     let admin = vec![
         module,
         group(
@@ -1470,7 +1544,10 @@ fn parts(
             "contacts",
             vec![answer(
                 "trusted-person-designated",
-                option("trusted-person-designated", rng.one(&["yes", "no"]))?,
+                option(
+                    "trusted-person-designated",
+                    if trusted { "yes" } else { "no" },
+                )?,
             )],
         ),
         group(
@@ -1500,15 +1577,119 @@ fn parts(
             "admin-author",
             vec![
                 answer("admin-author-name", json!("Laure Fontaine")),
-                answer("admin-completion-date", d(today)),
+                answer("admin-completion-date", d(today.clone())),
             ],
         ),
     ];
-    Ok(vec![
-        ("volet-medical", json!(medical)),
-        ("volet-soins-projet", json!(soins)),
-        ("volet-administratif-social", json!(admin)),
-    ])
+    let mut medical = medical;
+    let mut soins = soins;
+    let mut admin = admin;
+    // the answers the ones above make required (enableWhen)
+    if bmr {
+        medical.push(answer(
+            "infection-details",
+            json!(format!(
+                "Entérobactérie BLSE, portage rectal, dépistage du {today}"
+            )),
+        ));
+        medical.push(answer(
+            "isolation-precautions",
+            option("isolation-precautions", "contact")?,
+        ));
+    }
+    if story.module == "ehpad" {
+        medical.push(answer("gir", option("gir", rng.one(&["2", "3", "4"]))?));
+        medical.push(answer("gir-date", d(today.clone())));
+        admin.push(answer(
+            "apa",
+            option("apa", rng.one(&["granted", "requested"]))?,
+        ));
+        admin.push(answer(
+            "social-accommodation-aid",
+            option("social-accommodation-aid", rng.one(&["no", "planned"]))?,
+        ));
+    }
+    if story.module == "usp" {
+        let score = 10 * rng.range(2, 5);
+        medical.push(json!({"linkId": "performance-score", "answer": [{"valueInteger": score}]}));
+        medical.push(answer(
+            "pain",
+            option("pain", rng.one(&["controlled", "uncontrolled"]))?,
+        ));
+        medical.push(answer(
+            "dyspnoea",
+            option("dyspnoea", rng.one(&["absent", "controlled"]))?,
+        ));
+        medical.push(answer(
+            "advance-directives-location",
+            json!("Dans le dossier du service, copie remise à la personne de confiance"),
+        ));
+    }
+    if wound {
+        soins.push(answer(
+            "wound-care-details",
+            json!("Ulcère de la jambe droite : détersion et pansement quotidiens, thérapie par pression négative"),
+        ));
+    }
+    if rehab {
+        soins.push(answer(
+            "rehabilitation-types",
+            option(
+                "rehabilitation-types",
+                rng.one(&["physiotherapy", "occupational-therapy"]),
+            )?,
+        ));
+        soins.push(answer(
+            "rehabilitation-intensity",
+            option("rehabilitation-intensity", "moderate")?,
+        ));
+        soins.push(answer("rehabilitation-goals", json!(story.goal)));
+    }
+    if story.module == "had" {
+        soins.push(answer("caregiver-present", json!(true)));
+        soins.push(answer("home-suitable", json!(true)));
+        soins.push(answer("gp-agreement", option("gp-agreement", "yes")?));
+    }
+    if trusted {
+        admin.push(answer(
+            "trusted-person-name",
+            json!(format!("{} {}", rng.one(WOMEN), p.family)),
+        ));
+        admin.push(answer(
+            "trusted-person-relationship",
+            json!(rng.one(&["Fille", "Fils", "Conjoint(e)", "Nièce"])),
+        ));
+        admin.push(answer(
+            "trusted-person-phone",
+            json!(format!(
+                "06 {:02} {:02} {:02} {:02}",
+                rng.below(100),
+                rng.below(100),
+                rng.below(100),
+                rng.below(100)
+            )),
+        ));
+    }
+    admin.push(answer("social-worker-involved", json!(true)));
+    admin.push(answer("social-worker-name", json!("Laure Fontaine")));
+    admin.push(answer("social-worker-phone", json!("02 35 10 42 17")));
+    let mut out = Vec::new();
+    for (id, given) in [
+        ("volet-medical", medical),
+        ("volet-soins-projet", soins),
+        ("volet-administratif-social", admin),
+    ] {
+        let q = questionnaires()?
+            .iter()
+            .find(|(q, _)| *q == id)
+            .map(|(_, q)| q)
+            .ok_or_else(|| DemoError::Data(format!("no Questionnaire {id}")))?;
+        let mut answers = BTreeMap::new();
+        flatten(&json!(given), &mut answers);
+        let (items, _) = fill(&q["item"], &answers, &mut BTreeMap::new(), &today);
+        out.push((id, json!(items)));
+    }
+    Ok(out)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -2313,29 +2494,49 @@ mod tests {
     }
 
     #[test]
-    fn every_choice_answer_is_an_option_of_the_questionnaires() {
+    fn every_part_is_complete_with_answers_of_its_own() {
         let mut rng = Rng::new(1);
-        for s in STORIES {
-            let story = Story {
-                module: s.0,
-                reason: s.1,
-                diagnosis: s.2,
-                goal: s.3,
-                treatments: s.4,
-                dependency: s.5,
-            };
-            let p = person(&mut rng, (1930, 1990));
-            let got = parts(
-                &mut rng,
-                &story,
-                &p,
-                ("Martin", "Jeanne"),
-                "89970012345",
-                "A B",
-                0,
-                "2026-12-01",
-            );
-            assert!(got.is_ok(), "{:?}", got.err());
+        for round in 0..20 {
+            for s in STORIES {
+                let story = Story {
+                    module: s.0,
+                    reason: s.1,
+                    diagnosis: s.2,
+                    goal: s.3,
+                    treatments: s.4,
+                    dependency: s.5,
+                };
+                let p = person(&mut rng, (1930, 1990));
+                let got = parts(
+                    &mut rng,
+                    &story,
+                    &p,
+                    ("Martin", "Jeanne"),
+                    "89970012345",
+                    "A B",
+                    0,
+                    "2026-12-01",
+                );
+                let got = match got {
+                    Ok(g) => g,
+                    Err(e) => panic!("{e}"),
+                };
+                for (id, items) in got {
+                    let q = &questionnaires()
+                        .unwrap()
+                        .iter()
+                        .find(|(q, _)| *q == id)
+                        .unwrap()
+                        .1;
+                    let r = json!({"resourceType": "QuestionnaireResponse", "item": items});
+                    let missing = parts::missing(q, &r);
+                    assert!(missing.is_empty(), "{round} {} {id}: {missing:?}", s.0);
+                    assert!(
+                        !r.to_string().contains("Non renseigné"),
+                        "{id}: a default answer"
+                    );
+                }
+            }
         }
     }
 }
