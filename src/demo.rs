@@ -16,7 +16,7 @@ use axum::http::Method;
 use serde_json::{Value, json};
 
 use crate::auth::{self, Caller, PROFILE_SYSTEM};
-use crate::config::Config;
+use crate::config::{Config, WorkflowConfig};
 use crate::fhir::interaction::{self, Body, Fhir, Req};
 use crate::server::{App, ServeError};
 use crate::time::{Clock, ManualClock, Micros, SystemClock, format_instant};
@@ -147,7 +147,18 @@ pub fn display_url(url: &str) -> String {
 }
 
 /// Opens the configured database with a clock in the past and loads the demo.
+///
+/// The story is told with the workflow delays of domain.md (the defaults), whatever the
+/// configuration says: the scenarios are timed on them (a proposal left two months is reminded,
+/// then cancelled a month later, then archived two weeks after). A gateway configured with
+/// other delays applies its own from its first timer pass.
 pub async fn run(config: &Config, opts: &Options) -> Result<Summary, DemoError> {
+    let mut config = config.clone();
+    config.workflow = WorkflowConfig {
+        timer_interval_seconds: config.workflow.timer_interval_seconds,
+        ..WorkflowConfig::default()
+    };
+    let config = &config;
     let end = SystemClock.now();
     let window = window(&config.workflow.delays());
     let clock = ManualClock::new(end - window - DAY);

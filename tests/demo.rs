@@ -24,9 +24,14 @@ const TAG_SYSTEM: &str = "https://passerelle.dev/fhir/CodeSystem/task-tag";
 const INS_TEST: &str = "urn:oid:1.2.250.1.213.1.4.10";
 
 fn demo(url: &str, args: &[&str]) -> Output {
+    demo_with(url, args, &[])
+}
+
+fn demo_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_passerelle"))
         .env_remove("PASSERELLE_CONFIG")
         .env("DATABASE_URL", url)
+        .envs(env.iter().copied())
         .arg("demo")
         .args(args)
         .output()
@@ -233,4 +238,33 @@ async fn the_seed_makes_it_deterministic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_on_postgres() {
     scenario(Engine::Postgres, 20).await;
+}
+
+/// The story is timed on the default delays: other configured delays do not break it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_delays_do_not_break_the_story() {
+    let Some((url, _guard)) = fresh_database(Engine::Sqlite).await else {
+        return;
+    };
+    let short = [
+        ("PASSERELLE_WORKFLOW__AUTO_REMINDER_AFTER_DAYS", "3"),
+        ("PASSERELLE_WORKFLOW__AUTO_CANCEL_AFTER_DAYS", "2"),
+        ("PASSERELLE_WORKFLOW__ARCHIVE_AFTER_DAYS", "1"),
+    ];
+    let out = demo_with(&url, &["--dossiers", "16"], &short);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // every state is still there, the open ones included
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for state in ["admission-proposed", "confirmed", "sent"] {
+        let n: u32 = stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(state))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(n > 0, "no `{state}` request:\n{stdout}");
+    }
 }
