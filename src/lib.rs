@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod export;
 pub mod fhir;
 pub mod observe;

@@ -29,11 +29,26 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Load a realistic demo data set into the configured database: establishments and units,
+    /// prescribers and unit managers, generated patients with test INS, and dossiers in every
+    /// state, made through the real rules and timers over the last four months. Refuses a
+    /// database that already holds it. Stop the gateway first when it uses a SQLite file.
+    Demo(DemoArgs),
 }
 
-fn init_logs(json: bool) {
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Number of dossiers (one patient each); every state appears from 16 on.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    dossiers: u16,
+    /// Seed of the generator: the same seed gives the same people and stories.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn init_logs(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PASSERELLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -53,7 +68,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logs(config.log_json);
+    // the demo's requests and timers would log hundreds of lines: only what goes wrong
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info,sqlx=warn",
+    };
+    init_logs(config.log_json, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,6 +97,20 @@ fn main() -> ExitCode {
                 Store::open(&config.database_url, &opts, Arc::new(SystemClock))
                     .await
                     .map(|_| eprintln!("passerelle: database is up to date"))
+                    .map_err(|e| e.to_string())
+            }
+            Command::Demo(args) => {
+                let opts = passerelle::demo::Options {
+                    dossiers: usize::from(args.dossiers),
+                    seed: args.seed,
+                };
+                let started = std::time::Instant::now();
+                passerelle::demo::run(&config, &opts)
+                    .await
+                    .map(|summary| {
+                        print!("{summary}");
+                        println!("\n(loaded in {:.1} s)", started.elapsed().as_secs_f64());
+                    })
                     .map_err(|e| e.to_string())
             }
         }

@@ -21,6 +21,7 @@ fn help_for_every_subcommand() {
         &["--help"][..],
         &["serve", "--help"],
         &["migrate", "--help"],
+        &["demo", "--help"],
     ] {
         let out = passerelle().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
