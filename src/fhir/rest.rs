@@ -83,6 +83,8 @@ impl Tabular {
 pub struct Edge {
     pub fhir: Arc<Fhir>,
     pub max_body_bytes: usize,
+    /// How the caller is established (`dev` header or `psc` bearer tokens).
+    pub auth: crate::auth::Authenticator,
 }
 
 /// How the response is written.
@@ -98,9 +100,25 @@ struct Output {
 pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     // Errors go back in the format the client asked for, when it asked for one we speak.
     let format = response_format(&request).unwrap_or(Format::Json);
+    let had_token = request.headers().contains_key(header::AUTHORIZATION);
     match handle_inner(&edge, request).await {
         Ok(r) => r,
-        Err(e) => error_response_in(&e, format),
+        Err(e) => {
+            let mut resp = error_response_in(&e, format);
+            if e.status() == StatusCode::UNAUTHORIZED && !edge.auth.is_dev() {
+                // RFC 6750 §3: a bad token is `invalid_token`; no token, just the challenge
+                let challenge = if had_token {
+                    "Bearer realm=\"passerelle\", error=\"invalid_token\""
+                } else {
+                    "Bearer realm=\"passerelle\""
+                };
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            resp
+        }
     }
 }
 
@@ -275,6 +293,11 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
         None => negotiate(format.as_deref(), header_str(headers, "accept"))?,
     };
     let route = interaction::route(path)?;
+    // who is calling, before the body is read
+    let caller = edge
+        .auth
+        .caller(headers, &fhir.store, &method, &route)
+        .await?;
     if tabular.is_some()
         && !matches!(
             (&method, &route),
@@ -297,11 +320,7 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
     });
     let mut req = Req::new(method.clone(), route);
     req.table = tabular.is_some();
-    req.caller = crate::auth::dev_caller(
-        &fhir.store,
-        header_str(headers, crate::auth::DEV_ROLE_HEADER),
-    )
-    .await?;
+    req.caller = caller;
     if !bytes.is_empty() {
         match content_type.as_deref() {
             Some("application/x-www-form-urlencoded")
