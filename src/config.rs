@@ -79,6 +79,10 @@ pub struct PscConfig {
     pub introspection_client_secret_file: Option<PathBuf>,
     /// Time allowed for one call to PSC.
     pub http_timeout_seconds: u32,
+    /// Browser sessions end after this inactivity (PSC's own: 30 min)…
+    pub session_idle_minutes: u32,
+    /// …and this long after sign-in in any case (PSC's own: 4 h).
+    pub session_max_hours: u32,
 }
 
 impl Default for PscConfig {
@@ -99,6 +103,8 @@ impl Default for PscConfig {
             introspection_client_secret: None,
             introspection_client_secret_file: None,
             http_timeout_seconds: 10,
+            session_idle_minutes: 30,
+            session_max_hours: 4,
         }
     }
 }

@@ -133,6 +133,25 @@ fn client_key() -> (EncodingKey, JwkSet) {
 /// A gateway whose PSC issuer is `issuer`, with one system client `his` (ES384 key,
 /// directory and Task scopes).
 async fn gateway(engine: Engine, issuer: &str, listener: tokio::net::TcpListener) -> Option<Psc> {
+    gateway_with_clock(engine, issuer, listener, Arc::new(SystemClock)).await
+}
+
+async fn gateway_with_clock(
+    engine: Engine,
+    issuer: &str,
+    listener: tokio::net::TcpListener,
+    clock: Arc<dyn passerelle::time::Clock>,
+) -> Option<Psc> {
+    gateway_with(engine, issuer, None, listener, clock).await
+}
+
+async fn gateway_with(
+    engine: Engine,
+    issuer: &str,
+    discovery_url: Option<String>,
+    listener: tokio::net::TcpListener,
+    clock: Arc<dyn passerelle::time::Clock>,
+) -> Option<Psc> {
     let (url, guard) = fresh_database(engine).await?;
     let addr = listener.local_addr().expect("addr");
     let base = format!("http://{addr}");
@@ -154,6 +173,7 @@ async fn gateway(engine: Engine, issuer: &str, listener: tokio::net::TcpListener
     config.psc = Some(PscConfig {
         issuer: issuer.to_owned(),
         client_id: "passerelle".into(),
+        discovery_url,
         client_secret: Some(passerelle::auth::secret::Secret::new(CLIENT_SECRET)),
         ..PscConfig::default()
     });
@@ -169,7 +189,7 @@ async fn gateway(engine: Engine, issuer: &str, listener: tokio::net::TcpListener
         ],
         organization: None,
     }];
-    let app = App::open(&config, base.clone(), Arc::new(SystemClock))
+    let app = App::open(&config, base.clone(), clock)
         .await
         .expect("open app");
     let router = app.router(config.max_body_bytes);
@@ -753,4 +773,229 @@ async fn token_exchange_on_sqlite() {
 #[tokio::test]
 async fn token_exchange_on_postgres() {
     token_exchange(Engine::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Browser sign-in (the provider is needed)
+
+/// Plays a browser: `/auth/login` at the gateway, the provider's (automatic) login and
+/// consent, back to `/auth/callback`. `tamper` may change the authorization URL the gateway
+/// sent (a test-only `test_acr`). Returns the callback's answer and its URL.
+async fn browser_sign_in(gw: &Psc, p: &Provider, tamper: &str) -> (Answer, String) {
+    let login = answer(gw.http.get(format!("{}/auth/login", gw.base))).await;
+    assert_eq!(login.status, 303, "{}", login.body);
+    let mut next = format!("{}{tamper}", login.header("location"));
+    let mut jar = Jar::default();
+    loop {
+        if next.starts_with(&gw.base) {
+            let a = answer(gw.http.get(&next)).await;
+            return (a, next);
+        }
+        let r = gw
+            .http
+            .get(&next)
+            .header("cookie", jar.header())
+            .send()
+            .await
+            .expect("provider");
+        jar.take(r.headers());
+        let location = r
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no redirect from {next}: {}", r.status()));
+        next = reqwest::Url::parse(&p.issuer)
+            .expect("url")
+            .join(&location)
+            .expect("url")
+            .to_string();
+    }
+}
+
+fn session_cookie(a: &Answer) -> String {
+    let set = a.header("set-cookie");
+    set.split(';').next().unwrap_or("").to_owned()
+}
+
+async fn browser(engine: Engine) {
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let Some(p) = provider(&format!("{base}/auth/callback")) else {
+        return;
+    };
+    let clock = passerelle::time::ManualClock::new(i64::try_from(now()).expect("now") * 1_000_000);
+    let Some(gw) = gateway_with_clock(engine, &p.issuer, l, Arc::new(clock.clone())).await else {
+        return;
+    };
+
+    // the authorization request is PSC's: code + PKCE S256, state, nonce, scope_all, eidas1
+    let login = answer(gw.http.get(format!("{}/auth/login", gw.base))).await;
+    let to = reqwest::Url::parse(&login.header("location")).expect("url");
+    let q: HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert_eq!(to.path(), "/auth");
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["scope"], "openid scope_all");
+    assert_eq!(q["acr_values"], "eidas1");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(q["state"].len() >= 43 && q["nonce"].len() >= 43 && q["code_challenge"].len() == 43);
+    assert_eq!(q["redirect_uri"], format!("{}/auth/callback", gw.base));
+
+    // a full sign-in: a session cookie, HttpOnly, SameSite=Lax, not Secure on http
+    let (cb, cb_url) = browser_sign_in(&gw, &p, "").await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    assert_eq!(cb.header("location"), "/auth/session");
+    let set = cb.header("set-cookie");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Lax") && set.contains("Path=/"),
+        "{set}"
+    );
+    assert!(!set.contains("Secure"), "{set}");
+    let cookie = session_cookie(&cb);
+    let me = answer(
+        gw.http
+            .get(format!("{}/auth/session", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    // keyed on SubjectNameID (PSC's sub is a federated id)
+    assert_eq!(me.body["SubjectNameID"], OTHER_DOCTOR);
+    assert_eq!(me.body["acr"], "eidas1");
+    // the FHIR API never takes the cookie
+    let fhir = answer(
+        gw.http
+            .get(format!("{}/fhir/Patient", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(fhir.status, 401);
+    // a replayed callback (same state and code): 400
+    assert_eq!(answer(gw.http.get(&cb_url)).await.status, 400);
+    // a forged state: 400
+    let forged = answer(
+        gw.http
+            .get(format!("{}/auth/callback?state=forged&code=x", gw.base)),
+    )
+    .await;
+    assert_eq!(forged.status, 400);
+
+    // idle limit: 30 minutes without a request ends the session
+    clock.advance(29 * 60 * 1_000_000);
+    let still = answer(
+        gw.http
+            .get(format!("{}/auth/session", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(still.status, 200);
+    clock.advance(31 * 60 * 1_000_000);
+    let idle = answer(
+        gw.http
+            .get(format!("{}/auth/session", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(idle.status, 401);
+
+    // absolute limit: 4 hours even when active
+    let (cb, _) = browser_sign_in(&gw, &p, "").await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let cookie = session_cookie(&cb);
+    for _ in 0..9 {
+        clock.advance(25 * 60 * 1_000_000);
+        let a = answer(
+            gw.http
+                .get(format!("{}/auth/session", gw.base))
+                .header("cookie", &cookie),
+        )
+        .await;
+        assert_eq!(a.status, 200);
+    }
+    clock.advance(25 * 60 * 1_000_000);
+    let old = answer(
+        gw.http
+            .get(format!("{}/auth/session", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(old.status, 401);
+
+    // logout: the session ends here, the browser goes to PSC's end_session_endpoint
+    let (cb, _) = browser_sign_in(&gw, &p, "").await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let cookie = session_cookie(&cb);
+    let out = answer(
+        gw.http
+            .get(format!("{}/auth/logout", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    let to = reqwest::Url::parse(&out.header("location")).expect("url");
+    assert!(
+        to.as_str()
+            .starts_with(&format!("{}/session/end", p.issuer)),
+        "{to}"
+    );
+    let q: HashMap<String, String> = to.query_pairs().into_owned().collect();
+    assert!(q.contains_key("id_token_hint"));
+    assert_eq!(
+        q["post_logout_redirect_uri"],
+        format!("{}/auth/logged-out", gw.base)
+    );
+    assert!(out.header("set-cookie").contains("Max-Age=0"));
+    let gone = answer(
+        gw.http
+            .get(format!("{}/auth/session", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(gone.status, 401);
+
+    // an authentication level that is not accepted: 401, no session
+    let (weak, _) = browser_sign_in(&gw, &p, "&test_acr=eidas3").await;
+    assert_eq!(weak.status, 401, "{}", weak.body);
+    assert!(weak.body.to_string().contains("eidas3"), "{}", weak.body);
+    assert!(weak.header("set-cookie").is_empty());
+}
+
+#[tokio::test]
+async fn browser_sign_in_on_sqlite() {
+    browser(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn browser_sign_in_on_postgres() {
+    browser(Engine::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_discovery_document_naming_another_issuer_is_refused() {
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let Some(p) = provider(&format!("{base}/auth/callback")) else {
+        return;
+    };
+    // PSC's discovery path, but the configured issuer is not the one the document names
+    let discovery = format!("{}/.well-known/wallet-openid-configuration", p.issuer);
+    let wrong = format!("{}/auth/realms/esante-wallet", p.issuer);
+    let Some(gw) = gateway_with(
+        Engine::Sqlite,
+        &wrong,
+        Some(discovery),
+        l,
+        Arc::new(SystemClock),
+    )
+    .await
+    else {
+        return;
+    };
+    let login = answer(gw.http.get(format!("{}/auth/login", gw.base))).await;
+    assert_eq!(login.status, 502, "{}", login.body);
+    assert!(
+        login.body.to_string().contains("names issuer"),
+        "{}",
+        login.body
+    );
 }

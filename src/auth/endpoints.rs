@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use super::browser::{SESSION_COOKIE, SignInError};
 use super::gateway::{Gateway, Issued, TOKEN_EXCHANGE, TokenError};
 use crate::store::Store;
 
@@ -27,6 +28,11 @@ pub fn router(gateway: Arc<Gateway>, store: Store) -> Router {
     Router::new()
         .route("/auth/token", post(token))
         .route("/auth/jwks", get(jwks))
+        .route("/auth/login", get(login))
+        .route("/auth/callback", get(callback))
+        .route("/auth/session", get(session))
+        .route("/auth/logout", get(logout).post(logout))
+        .route("/auth/logged-out", get(|| async { "signed out" }))
         .route("/.well-known/smart-configuration", get(smart_configuration))
         .route(
             "/fhir/.well-known/smart-configuration",
@@ -111,6 +117,139 @@ async fn token(State(s): State<Endpoints>, headers: HeaderMap, body: Bytes) -> R
         Ok(issued) => no_store(axum::Json(issued).into_response()),
         Err(e) => refusal(&e),
     }
+}
+
+fn redirect(location: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    no_store(r)
+}
+
+fn page(status: StatusCode, text: String) -> Response {
+    no_store((status, text).into_response())
+}
+
+fn sign_in_error(e: &SignInError) -> Response {
+    let status = match e {
+        SignInError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        SignInError::Refused(_) => StatusCode::UNAUTHORIZED,
+        SignInError::Unavailable(_) => StatusCode::BAD_GATEWAY,
+    };
+    tracing::info!(status = status.as_u16(), reason = %e, "sign-in refused");
+    page(status, format!("sign-in failed: {e}"))
+}
+
+/// The session id of the request's cookie.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+async fn login(State(s): State<Endpoints>) -> Response {
+    let now = s.store.clock().now();
+    match s.gateway.browser.start(&s.gateway.psc, now).await {
+        Ok(url) => redirect(&url),
+        Err(e) => sign_in_error(&e),
+    }
+}
+
+async fn callback(
+    State(s): State<Endpoints>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(error) = q.get("error") {
+        // PSC's own refusal (the user cancelled, a level not reached…)
+        let state_known = q
+            .get("state")
+            .is_some_and(|st| s.gateway.browser.forget(st));
+        let status = if state_known {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return page(
+            status,
+            format!("sign-in failed: Pro Santé Connect answered `{error}`"),
+        );
+    }
+    let (Some(state), Some(code)) = (q.get("state"), q.get("code")) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "sign-in failed: state and code are required".into(),
+        );
+    };
+    let now = s.store.clock().now();
+    match s
+        .gateway
+        .browser
+        .finish(&s.gateway.psc, state, code, now)
+        .await
+    {
+        Ok(id) => {
+            tracing::info!("browser sign-in");
+            let mut r = redirect("/auth/session");
+            if let Ok(v) = HeaderValue::from_str(&s.gateway.browser.cookie(Some(&id))) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => sign_in_error(&e),
+    }
+}
+
+/// Who is signed in (the gateway's own pages read this; the FHIR API never does).
+async fn session(State(s): State<Endpoints>, headers: HeaderMap) -> Response {
+    let now = s.store.clock().now();
+    match session_cookie(&headers).and_then(|id| s.gateway.browser.session(&id, now)) {
+        Some(session) => no_store(
+            axum::Json(json!({
+                "SubjectNameID": session.subject_name_id,
+                "given_name": session.given_name,
+                "family_name": session.family_name,
+                "acr": session.acr,
+            }))
+            .into_response(),
+        ),
+        None => page(
+            StatusCode::UNAUTHORIZED,
+            "not signed in: /auth/login".into(),
+        ),
+    }
+}
+
+/// Ends the session and sends the browser to PSC's logout (`end_session_endpoint`).
+async fn logout(State(s): State<Endpoints>, headers: HeaderMap) -> Response {
+    let browser = &s.gateway.browser;
+    let id_token = session_cookie(&headers).and_then(|id| browser.end(&id));
+    let end_session = match s.gateway.psc.discovery().await {
+        Ok(d) => d.end_session_endpoint.clone(),
+        Err(_) => None,
+    };
+    let location = match (end_session, id_token) {
+        (Some(endpoint), Some(hint)) => reqwest::Url::parse(&endpoint)
+            .map(|mut u| {
+                u.query_pairs_mut()
+                    .append_pair("id_token_hint", &hint)
+                    .append_pair("post_logout_redirect_uri", &browser.logged_out_url)
+                    .append_pair("client_id", &s.gateway.psc.client_id);
+                u.to_string()
+            })
+            .unwrap_or_else(|_| browser.logged_out_url.clone()),
+        _ => browser.logged_out_url.clone(),
+    };
+    let mut r = redirect(&location);
+    if let Ok(v) = HeaderValue::from_str(&browser.cookie(None)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
 }
 
 async fn jwks(State(s): State<Endpoints>) -> Response {

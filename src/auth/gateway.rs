@@ -93,6 +93,8 @@ pub struct Gateway {
     /// `client_id␟jti` of accepted assertions until their expiry (replay check).
     seen: Mutex<HashMap<String, u64>>,
     http: reqwest::Client,
+    /// Browser sign-in and sessions.
+    pub browser: super::browser::Browser,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -180,6 +182,14 @@ impl Gateway {
             clients,
             seen: Mutex::new(HashMap::new()),
             http,
+            browser: super::browser::Browser::new(
+                base.trim_end_matches('/'),
+                psc_config.redirect_url.as_deref(),
+                &psc_config.scopes,
+                &psc_config.acr_values,
+                psc_config.session_idle_minutes,
+                psc_config.session_max_hours,
+            ),
         })
     }
 

@@ -8,6 +8,7 @@
 //! only (`gateway`, issued at `/auth/token` by `endpoints`). [`Authenticator::caller`] is the
 //! one call the HTTP edge makes.
 
+pub mod browser;
 pub mod endpoints;
 pub mod gateway;
 pub mod keys;

@@ -257,6 +257,51 @@ impl Psc {
         })
     }
 
+    /// Redeems an authorization code at the token endpoint (`client_secret_basic`, PKCE).
+    pub async fn redeem_code(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+        verifier: &str,
+    ) -> Result<Value, PscError> {
+        let endpoint = self
+            .discovery()
+            .await?
+            .token_endpoint
+            .clone()
+            .ok_or_else(|| PscError::Unavailable("no token_endpoint".into()))?;
+        let resp = self
+            .http
+            .post(&endpoint)
+            .basic_auth(
+                &self.client_id,
+                self.client_secret.as_ref().map(Secret::expose),
+            )
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier),
+            ])
+            .send()
+            .await
+            .map_err(|e| PscError::Unavailable(format!("token endpoint: {}", e.without_url())))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_client_error() {
+            let error = body["error"].as_str().unwrap_or("refused");
+            return Err(PscError::Rejected(format!(
+                "PSC refused the authorization code ({error})"
+            )));
+        }
+        if !status.is_success() {
+            return Err(PscError::Unavailable(format!(
+                "token endpoint answered {status}"
+            )));
+        }
+        Ok(body)
+    }
+
     /// Checks a JWT from PSC (signed userinfo, ID token): HS256 with the client secret, or an
     /// asymmetric key of the provider's JWKS found by `kid`; issuer must match. Returns its
     /// claims (expiry and audience are checked by the caller when they apply).
