@@ -11,6 +11,7 @@
 //!
 //! `ARCHITECTURE.md` at the repository root is the map; read it first.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod export;

@@ -49,6 +49,8 @@ pub enum ServeError {
 #[derive(Clone)]
 pub struct App {
     pub fhir: Arc<Fhir>,
+    /// The audit trail's writer (every access to patient data).
+    pub audit: crate::audit::Auditor,
     pub metrics: Arc<Metrics>,
     pub store: Store,
     /// `dev` or `psc` auth mode.
@@ -86,8 +88,10 @@ impl App {
         crate::fhir::conformance::publish(&fhir)
             .await
             .map_err(|e| ServeError::Publish(e.to_string()))?;
+        let audit = crate::audit::Auditor::start(fhir.clone());
         Ok(App {
             fhir,
+            audit,
             metrics: Arc::new(Metrics::default()),
             store,
             auth,
@@ -97,6 +101,7 @@ impl App {
     pub fn router(&self, max_body_bytes: usize) -> Router {
         let edge = Arc::new(Edge {
             fhir: self.fhir.clone(),
+            audit: self.audit.clone(),
             max_body_bytes,
             auth: self.auth.clone(),
         });
@@ -193,9 +198,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         );
     }
     tracing::info!(%local, base = %base, engine = ?app.store.engine(), "passerelle listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    // the audit events of the last requests are stored before the process ends
+    app.audit.flush().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -82,11 +82,19 @@ fn sample_value(kind: &str) -> &'static str {
 }
 
 on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
-    let cs = gw.get("metadata").await.expect(200).json();
+    // a référent: sees everything listed, the audit trail included
+    let role = json!({"resourceType": "PractitionerRole", "id": "cap-referent",
+        "code": [{"coding": [{"system": "https://passerelle.dev/fhir/CodeSystem/habilitation-profile", "code": "referent"}]}]});
+    gw.put("PractitionerRole/cap-referent", &role)
+        .await
+        .expect(201);
+    let me = gw.acting("cap-referent");
+    let cs = me.get("metadata").await.expect(200).json();
     let model = Model::r4();
     let strict = |url: String| {
         gw.client
             .get(gw.url(&url))
+            .header("x-passerelle-role", "PractitionerRole/cap-referent")
             .header("prefer", "handling=strict")
     };
     for r in cs["rest"][0]["resource"].as_array().unwrap() {
@@ -99,7 +107,7 @@ on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
             .collect();
         if interactions.contains(&"create") {
             let body = minimal(model, rtype, 0);
-            let created = gw.post(rtype, &body).await;
+            let created = me.post(rtype, &body).await;
             assert_eq!(
                 created.status, 201,
                 "create {rtype}: {} from {body}",
@@ -108,23 +116,24 @@ on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
             let created = created.json();
             let id = created["id"].as_str().unwrap().to_owned();
             if interactions.contains(&"read") {
-                gw.get(&format!("{rtype}/{id}")).await.expect(200);
+                me.get(&format!("{rtype}/{id}")).await.expect(200);
             }
             if interactions.contains(&"vread") {
-                gw.get(&format!("{rtype}/{id}/_history/1"))
+                me.get(&format!("{rtype}/{id}/_history/1"))
                     .await
                     .expect(200);
             }
             if interactions.contains(&"update") {
                 let mut u = created.clone();
                 u["meta"] = json!({"tag": [{"system": "http://example.org", "code": "updated"}]});
-                gw.put(&format!("{rtype}/{id}"), &u).await.expect(200);
+                me.put(&format!("{rtype}/{id}"), &u).await.expect(200);
             }
             if interactions.contains(&"patch") {
                 let p = json!([{"op": "add", "path": "/meta/security", "value": [{"system": "http://example.org", "code": "p"}]}]);
                 gw.send(
                     gw.client
                         .patch(gw.url(&format!("{rtype}/{id}")))
+                        .header("x-passerelle-role", "PractitionerRole/cap-referent")
                         .header("content-type", "application/json-patch+json")
                         .body(p.to_string()),
                 )
@@ -132,17 +141,17 @@ on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
                 .expect(200);
             }
             if interactions.contains(&"history-instance") {
-                gw.get(&format!("{rtype}/{id}/_history")).await.expect(200);
+                me.get(&format!("{rtype}/{id}/_history")).await.expect(200);
             }
             if interactions.contains(&"delete") {
-                gw.delete(&format!("{rtype}/{id}")).await.expect(200);
-                gw.get(&format!("{rtype}/{id}")).await.expect(410);
+                me.delete(&format!("{rtype}/{id}")).await.expect(200);
+                me.get(&format!("{rtype}/{id}")).await.expect(410);
             }
         } else {
-            gw.post(rtype, &minimal(model, rtype, 0)).await.expect(405);
+            me.post(rtype, &minimal(model, rtype, 0)).await.expect(405);
         }
         if interactions.contains(&"history-type") {
-            gw.get(&format!("{rtype}/_history")).await.expect(200);
+            me.get(&format!("{rtype}/_history")).await.expect(200);
         }
         if interactions.contains(&"search-type") {
             for p in r["searchParam"]
@@ -178,11 +187,11 @@ on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
         }
     }
     // system-level interactions
-    gw.get("_history").await.expect(200);
-    gw.post("", &json!({"resourceType": "Bundle", "type": "batch"}))
+    me.get("_history").await.expect(200);
+    me.post("", &json!({"resourceType": "Bundle", "type": "batch"}))
         .await
         .expect(200);
-    gw.post(
+    me.post(
         "",
         &json!({"resourceType": "Bundle", "type": "transaction"}),
     )
@@ -208,7 +217,7 @@ on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
         }
     }
     // the conformance resources are published, read-only
-    gw.get("CapabilityStatement/passerelle").await.expect(200);
+    me.get("CapabilityStatement/passerelle").await.expect(200);
     let sp = gw
         .get("SearchParameter?code=owner&base=Task")
         .await

@@ -525,7 +525,7 @@ on_both_engines!(a_put_that_makes_a_legal_move_is_that_move, |gw| {
     let refused = u1.put(&path, &task).await.expect(200).json();
     assert_eq!(refused["statusReason"]["coding"][1]["code"], "122");
     // a PUT that changes anything else is refused
-    let mut other = u1.get(&format!("Task/{}", t[1])).await.json();
+    let mut other = gw.acting(U2).get(&format!("Task/{}", t[1])).await.json();
     other["owner"] = json!({"reference": "HealthcareService/u1"});
     let a = gw
         .acting(U2)
@@ -534,7 +534,7 @@ on_both_engines!(a_put_that_makes_a_legal_move_is_that_move, |gw| {
         .expect(422);
     assert!(a.diagnostics().contains("owner"), "{}", a.diagnostics());
     // a stale version loses
-    let mut stale = u1.get(&format!("Task/{}", t[2])).await.json();
+    let mut stale = gw.acting(U3).get(&format!("Task/{}", t[2])).await.json();
     stale["status"] = json!("received");
     stale["businessStatus"] =
         json!({"coding": [{"system": format!("{CS}business-status"), "code": "read"}]});
@@ -542,11 +542,9 @@ on_both_engines!(a_put_that_makes_a_legal_move_is_that_move, |gw| {
         .put_if_match(&format!("Task/{}", t[2]), &stale, 7)
         .await
         .expect(412);
-    // and the wrong unit may not move by PUT either
-    gw.acting(U1)
-        .put(&format!("Task/{}", t[2]), &stale)
-        .await
-        .expect(403);
+    // and the wrong unit may not move by PUT either (it does not even see the request)
+    let a = gw.acting(U1).put(&format!("Task/{}", t[2]), &stale).await;
+    assert!(a.status == 403 || a.status == 404, "{}", a.text);
 });
 
 on_both_engines!(cancel_revoke_and_reactivate, |gw| {
@@ -1626,4 +1624,140 @@ on_both_engines!(withdraw_admit_and_patch_moves, |gw| {
         )
         .await;
     assert_eq!(r.status, 422, "{}", r.text);
+});
+
+on_both_engines!(every_access_to_patient_data_is_audited, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let (doc, u1, referent) = (gw.acting(DOC), gw.acting(U1), gw.acting(REFERENT));
+    doc.get(&format!("Task/{}", t[0])).await.expect(200);
+    op(&u1, &t[1], "mark-read", &none()).await.expect(403);
+    doc.get("Task?patient=Patient/pat&_format=csv")
+        .await
+        .expect(200);
+    gw.get("Organization/org-chu").await.expect(200);
+    gw.app.audit.flush().await;
+    // the read: who, from where, what, which patient, outcome
+    let b = referent
+        .get(&format!("AuditEvent?entity=Task/{}&subtype=read", t[0]))
+        .await
+        .expect(200)
+        .json();
+    let e = &b["entry"].as_array().expect("an audit event")[0]["resource"];
+    assert_eq!(e["action"], "R");
+    assert_eq!(e["outcome"], "0");
+    assert_eq!(
+        e["agent"][0]["who"]["reference"],
+        format!("PractitionerRole/{DOC}")
+    );
+    assert_eq!(e["agent"][0]["network"]["address"], "127.0.0.1");
+    let whats: Vec<&str> = e["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["what"]["reference"].as_str())
+        .collect();
+    assert!(whats.contains(&"Patient/pat"), "{whats:?}");
+    // the refusal is audited too, with its outcome
+    let b = referent
+        .get(&format!(
+            "AuditEvent?agent=PractitionerRole/{U1}&subtype=operation"
+        ))
+        .await
+        .expect(200)
+        .json();
+    let refused = &b["entry"][0]["resource"];
+    assert_eq!(refused["outcome"], "4", "{b}");
+    assert!(refused["outcomeDesc"].as_str().unwrap().starts_with("403"));
+    // the export: a search, with its query and the patient it was about
+    let b = referent
+        .get("AuditEvent?subtype=search-type&entity=Patient/pat")
+        .await
+        .expect(200)
+        .json();
+    let export = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["resource"]["purposeOfEvent"].is_array());
+    assert!(export.is_some(), "{b}");
+    // the directory is not patient data: not audited
+    let none_for_orgs = referent
+        .get("AuditEvent?entity=Organization/org-chu")
+        .await
+        .json();
+    assert_eq!(none_for_orgs["entry"].as_array().map_or(0, Vec::len), 0);
+    // the trail is read-only, and read by référents only
+    doc.get("AuditEvent").await.expect(403);
+    gw.get("AuditEvent").await.expect(401);
+    let any = json!({"resourceType": "AuditEvent"});
+    referent.post("AuditEvent", &any).await.expect(405);
+    let id = e["id"].as_str().unwrap();
+    referent
+        .delete(&format!("AuditEvent/{id}"))
+        .await
+        .expect(405);
+});
+
+on_both_engines!(each_place_sees_its_own_requests_only, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    // another prescribing structure, with its own prescriber
+    gw.put(
+        "Organization/org-other",
+        &json!({"resourceType": "Organization", "id": "org-other", "name": "CH Ailleurs"}),
+    )
+    .await
+    .expect(201);
+    gw.put(
+        "PractitionerRole/role-other",
+        &role("role-other", "prescripteur-medical", "org-other", None),
+    )
+    .await
+    .expect(201);
+    let (doc, u1, other) = (gw.acting(DOC), gw.acting(U1), gw.acting("role-other"));
+    // the unit sees its request and the dossier behind it, not the other units' requests
+    u1.get(&format!("Task/{}", t[0])).await.expect(200);
+    u1.get(&format!("Task/{}", t[1])).await.expect(404);
+    u1.get(&format!("ServiceRequest/{sr}")).await.expect(200);
+    assert_eq!(
+        count(&gw, "Task?_summary=count").await,
+        3,
+        "the prescriber sees its three"
+    );
+    let mine = u1.get("Task").await.json();
+    assert_eq!(mine["total"], 1, "{mine}");
+    // another structure sees nothing of it, directly, by search or by include
+    other.get(&format!("Task/{}", t[0])).await.expect(404);
+    other.get(&format!("ServiceRequest/{sr}")).await.expect(404);
+    assert_eq!(other.get("Task").await.json()["total"], 0);
+    assert_eq!(other.get("ServiceRequest").await.json()["total"], 0);
+    let inc = u1
+        .get(&format!("ServiceRequest?_id={sr}&_revinclude=Task:focus"))
+        .await
+        .json();
+    let tasks: Vec<&Value> = inc["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Task")
+        .collect();
+    assert_eq!(tasks.len(), 1, "the unit's own request only: {inc}");
+    // messages go where their request goes
+    let ask = params(json!([{"name": "message", "valueString": "Poids du patient ?"}]));
+    op(&u1, &t[0], "request-info", &ask).await.expect(200);
+    let q = format!("Communication?part-of=Task/{}", t[0]);
+    assert_eq!(doc.get(&q).await.json()["total"], 1);
+    assert_eq!(u1.get(&q).await.json()["total"], 1);
+    assert_eq!(gw.acting(U2).get(&q).await.json()["total"], 0);
+    assert_eq!(other.get(&q).await.json()["total"], 0);
+    // the labels are the gateway's: a PUT cannot widen them
+    let mut d = doc.get(&format!("ServiceRequest/{sr}")).await.json();
+    d["meta"]["security"] = json!([{"system": "https://passerelle.dev/fhir/CodeSystem/visibility", "code": "Organization/org-other"}]);
+    d["note"] = json!([{"text": "à jour"}]);
+    doc.put(&format!("ServiceRequest/{sr}"), &d)
+        .await
+        .expect(200);
+    other.get(&format!("ServiceRequest/{sr}")).await.expect(404);
+    u1.get(&format!("ServiceRequest/{sr}")).await.expect(200);
 });

@@ -777,8 +777,9 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
         (&Method::GET, Route::Type(t)) | (&Method::POST, Route::TypeSearch(t)) => {
             fhir.check_type(t, "search-type")?;
             let mut s = fhir.parse_search(t, &req.query, req.strict)?;
-            // what the caller may not see is not found (unit notes of other units)
-            if t == "Communication"
+            // what the caller may not see is not found (requests, dossiers and unit notes of
+            // other places)
+            if fhir.registry.param(t, "visible-to").is_some()
                 && let Some(allowed) = fhir.workflow.visible_to(&req.caller)
             {
                 let hidden =
@@ -943,6 +944,19 @@ pub async fn run(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
 
 /// Runs one request that is not a Bundle.
 pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
+    // the audit trail is read by référents and the system only (and written by nobody: the
+    // CapabilityStatement lists no write, so writes are 405 for everyone)
+    if let Route::Type(t)
+    | Route::TypeSearch(t)
+    | Route::TypeHistory(t)
+    | Route::Instance(t, _)
+    | Route::InstanceHistory(t, _)
+    | Route::Version(t, _, _) = &req.route
+        && t == "AuditEvent"
+        && !req.is_write()
+    {
+        fhir.workflow.may_read_audit(&req.caller)?;
+    }
     // The hottest read goes through the store's cache, without a pooled connection.
     if let (&Method::GET, Route::Instance(t, id)) = (&req.method, &req.route) {
         fhir.check_type(t, "read")?;

@@ -16,6 +16,7 @@ use super::error::{Error, Issue, Severity, outcome};
 use super::interaction::{self, Body, Fhir, PatchFormat, Req, Resp, Return, Route};
 use super::json;
 use super::search::Summary;
+use crate::audit::Access;
 use crate::time::{http_date, parse_http_date};
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -82,6 +83,7 @@ impl Tabular {
 /// What the handler needs besides the FHIR service.
 pub struct Edge {
     pub fhir: Arc<Fhir>,
+    pub audit: crate::audit::Auditor,
     pub max_body_bytes: usize,
     /// How the caller is established (`dev` header or `psc` bearer tokens).
     pub auth: crate::auth::Authenticator,
@@ -101,25 +103,36 @@ pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response
     // Errors go back in the format the client asked for, when it asked for one we speak.
     let format = response_format(&request).unwrap_or(Format::Json);
     let had_token = request.headers().contains_key(header::AUTHORIZATION);
-    match handle_inner(&edge, request).await {
-        Ok(r) => r,
-        Err(e) => {
-            let mut resp = error_response_in(&e, format);
-            if e.status() == StatusCode::UNAUTHORIZED && !edge.auth.is_dev() {
-                // RFC 6750 §3: a bad token is `invalid_token`; no token, just the challenge
-                let challenge = if had_token {
-                    "Bearer realm=\"passerelle\", error=\"invalid_token\""
-                } else {
-                    "Bearer realm=\"passerelle\""
-                };
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
-                );
-            }
-            resp
-        }
+    let mut access = Access {
+        method: request.method().to_string(),
+        address: request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string()),
+        ..Access::default()
+    };
+    let (mut response, error) = match handle_inner(&edge, request, &mut access).await {
+        Ok(r) => (r, None),
+        Err(e) => (error_response_in(&e, format), Some(e.to_string())),
+    };
+    if response.status() == StatusCode::UNAUTHORIZED && !edge.auth.is_dev() {
+        // RFC 6750 §3: a bad token is `invalid_token`; no token, just the challenge
+        let challenge = if had_token {
+            "Bearer realm=\"passerelle\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"passerelle\""
+        };
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
+    if access.audited() {
+        let now = edge.fhir.store.clock().now();
+        let event = access.event(response.status().as_u16(), error.as_deref(), now);
+        edge.audit.record(event).await;
+    }
+    response
 }
 
 pub fn error_response(e: &Error) -> Response {
@@ -268,7 +281,11 @@ fn parse_body(bytes: &[u8], format: Format) -> Result<Value, Error> {
     }
 }
 
-async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> {
+async fn handle_inner(
+    edge: &Edge,
+    request: Request,
+    access: &mut Access,
+) -> Result<Response, Error> {
     let fhir = &edge.fhir;
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
@@ -293,6 +310,13 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
         None => negotiate(format.as_deref(), header_str(headers, "accept"))?,
     };
     let route = interaction::route(path)?;
+    access.route = Some(route.clone());
+    access.query = query
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
+        .cloned()
+        .collect();
+    access.export = tabular.is_some();
     // who is calling, before the body is read
     let caller = edge
         .auth
@@ -415,8 +439,38 @@ async fn handle_inner(edge: &Edge, request: Request) -> Result<Response, Error> 
         prefer: ret,
     };
     req.query = query;
+    access.caller = Some(req.caller.clone());
     let resp = interaction::run(fhir, req).await?;
+    if access.audited() {
+        observe(access, &resp);
+    }
     Ok(render(fhir, resp, &out))
+}
+
+/// Notes for the audit trail which resource and patients an answer carries.
+fn observe(access: &mut Access, resp: &Resp) {
+    match &resp.body {
+        Body::Raw(text) if resp.is_resource => {
+            if let Ok(v) = serde_json::from_str::<Value>(text) {
+                access.saw(&v);
+            }
+        }
+        Body::Json(v) if v["resourceType"] == "Bundle" && v["type"] == "collection" => {
+            for e in v["entry"].as_array().into_iter().flatten() {
+                access.saw(&e["resource"]);
+            }
+            access.resource = None;
+        }
+        Body::Json(v) if v.get("id").is_some() => access.saw(v),
+        _ => {}
+    }
+    // a search for one patient's data names that patient
+    for (k, v) in &access.query {
+        let k = k.split(':').next().unwrap_or_default();
+        if matches!(k, "patient" | "subject" | "for") && v.starts_with("Patient/") {
+            access.patients.push(v.clone());
+        }
+    }
 }
 
 fn render(fhir: &Fhir, resp: Resp, out: &Output) -> Response {

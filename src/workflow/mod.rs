@@ -80,6 +80,42 @@ async fn assign_number(tx: &mut Tx<'_>, prefix: &str, body: &mut Value) -> Resul
 /// The system of the gateway's visibility labels (`meta.security` of a unit note).
 pub const VISIBILITY_SYSTEM: &str = "https://passerelle.dev/fhir/CodeSystem/visibility";
 
+/// Adds visibility labels (`HealthcareService/u1`, `Organization/o`, `PractitionerRole/r`)
+/// to a resource, keeping those it has.
+fn add_labels(body: &mut Value, labels: &[String], display: &str) {
+    let mut sec: Vec<Value> = body["meta"]["security"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for l in labels {
+        let there = sec
+            .iter()
+            .any(|s| s["system"] == VISIBILITY_SYSTEM && s["code"] == l.as_str());
+        if !there {
+            sec.push(json!({"system": VISIBILITY_SYSTEM, "code": l, "display": display}));
+        }
+    }
+    if !sec.is_empty() {
+        body["meta"]["security"] = json!(sec);
+    }
+}
+
+/// Sets a resource's visibility labels to `labels` exactly (what a client sent is dropped).
+fn set_labels(body: &mut Value, labels: &[String], display: &str) {
+    if let Some(sec) = body
+        .pointer_mut("/meta/security")
+        .and_then(Value::as_array_mut)
+    {
+        sec.retain(|s| s["system"] != VISIBILITY_SYSTEM);
+        if sec.is_empty()
+            && let Some(m) = body["meta"].as_object_mut()
+        {
+            m.remove("security");
+        }
+    }
+    add_labels(body, labels, display);
+}
+
 fn visibility_labels(body: &Value) -> Vec<String> {
     body["meta"]["security"]
         .as_array()
@@ -162,16 +198,16 @@ impl Workflow {
         }
     }
 
-    /// What a caller may see among restricted resources (unit notes): the `visible-to`
+    /// What a caller may see among labelled resources (requests, dossiers, unit notes): the `visible-to`
     /// values its searches are limited to; `None` for the system, which sees everything.
     pub fn visible_to(&self, caller: &Caller) -> Option<Vec<String>> {
         match caller {
             Caller::System(_) => None,
             Caller::Anonymous => Some(vec!["all".into()]),
             Caller::Person(h) => {
-                // as for requests: a habilitation on units covers those units; one on a
-                // structure, the structure's
-                let mut v = vec!["all".to_owned()];
+                // as for moves: a habilitation on units covers those units; one on a
+                // structure, the structure's; and what names the habilitation itself
+                let mut v = vec!["all".to_owned(), h.role.clone()];
                 if h.services.is_empty() {
                     v.extend(h.organization.iter().cloned());
                 } else {
@@ -182,9 +218,11 @@ impl Workflow {
         }
     }
 
-    /// Whether `caller` may see a stored resource (a unit note only by its unit).
-    pub fn visible(&self, caller: &Caller, rtype: &str, body: &str) -> bool {
-        if rtype != "Communication" || !body.contains(VISIBILITY_SYSTEM) {
+    /// Whether `caller` may see a stored resource: one with visibility labels only by the
+    /// places they name (a request by its unit and prescribing structure, a unit note by its
+    /// unit).
+    pub fn visible(&self, caller: &Caller, _rtype: &str, body: &str) -> bool {
+        if !body.contains(VISIBILITY_SYSTEM) {
             return true;
         }
         let Ok(v) = serde_json::from_str::<Value>(body) else {
@@ -194,6 +232,32 @@ impl Workflow {
         match self.visible_to(caller) {
             None => true,
             Some(allowed) => labels.is_empty() || labels.iter().any(|l| allowed.contains(l)),
+        }
+    }
+
+    /// AuditEvents are read by the habilitations that manage accounts (référents) and by the
+    /// system.
+    pub fn may_read_audit(&self, caller: &Caller) -> Result<()> {
+        match caller {
+            Caller::System(_) => Ok(()),
+            Caller::Anonymous => Err(Error::Unauthorized(
+                "the audit trail needs an identified référent".into(),
+            )),
+            Caller::Person(h) => {
+                let ok = self
+                    .rules
+                    .profiles
+                    .get(&h.profile)
+                    .is_some_and(|p| p.rights.contains("manage-accounts"));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(Error::forbidden(format!(
+                        "the audit trail is read by référents (right manage-accounts), not by the profile `{}`",
+                        h.profile
+                    )))
+                }
+            }
         }
     }
 
@@ -350,6 +414,16 @@ impl Workflow {
             sec.retain(|s| s["system"] != VISIBILITY_SYSTEM);
         }
         if !restricted {
+            // a message about a request is seen where the request is
+            if let Some(task_id) = body["partOf"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find_map(|r| reference_id(r, "Task"))
+                && let Some(task) = live(tx, "Task", &task_id, false).await?
+            {
+                add_labels(body, &visibility_labels(&task.body), "Message");
+            }
             return Ok(());
         }
         let task_id = body["partOf"]
@@ -510,6 +584,8 @@ impl Workflow {
                 };
                 let prefix = prefix.clone();
                 assign_number(tx, &prefix, body).await?;
+                let labels = self.requester_labels(tx, &body["requester"]).await?;
+                set_labels(body, &labels, "Dossier");
             }
             Some(old) => {
                 if ours(old) != ours(body) {
@@ -531,9 +607,39 @@ impl Workflow {
                     ]));
                 }
                 let _ = id;
+                // the labels are the gateway's: kept as they were
+                set_labels(body, &visibility_labels(old), "Dossier");
             }
         }
         Ok(())
+    }
+
+    /// The places that see what a requester (a PractitionerRole) asked for: the role and its
+    /// structure.
+    async fn requester_labels(&self, tx: &mut Tx<'_>, requester: &Value) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        if let Some(rid) = reference_id(requester, "PractitionerRole") {
+            out.push(format!("PractitionerRole/{rid}"));
+            if let Some(org) = live(tx, "PractitionerRole", &rid, false)
+                .await?
+                .and_then(|r| reference_id(&r.body["organization"], "Organization"))
+            {
+                out.push(format!("Organization/{org}"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The places that see what is sent to a unit: the unit and its establishment.
+    async fn unit_labels(&self, tx: &mut Tx<'_>, unit: &str) -> Result<Vec<String>> {
+        let mut out = vec![format!("HealthcareService/{unit}")];
+        if let Some(org) = live(tx, "HealthcareService", unit, false)
+            .await?
+            .and_then(|u| reference_id(&u.body["providedBy"], "Organization"))
+        {
+            out.push(format!("Organization/{org}"));
+        }
+        Ok(out)
     }
 
     /// Whether the caller acts for the structure that a `requester` reference belongs to.
@@ -842,6 +948,7 @@ impl Workflow {
         if let Some(r) = caller.reference() {
             c["sender"] = json!({"reference": r});
         }
+        add_labels(&mut c, &visibility_labels(task), "Message");
         put_resource(fhir, tx, "Communication", None, c, "POST").await
     }
 
@@ -1030,6 +1137,7 @@ impl Workflow {
             .cloned()
             .ok_or_else(|| rule("dossier-number", "the dossier has no number"))?;
         let mut entries = Vec::new();
+        let mut unit_places = Vec::new();
         for (i, unit) in params.all("unit").iter().enumerate() {
             let at = format!("Parameters.parameter[unit][{i}]");
             let unit_id = reference_id(unit, "HealthcareService").ok_or_else(|| {
@@ -1088,6 +1196,10 @@ impl Workflow {
             {
                 o.remove("description");
             }
+            let mut labels = self.unit_labels(tx, &unit_id).await?;
+            labels.extend(self.requester_labels(tx, &sr.body["requester"]).await?);
+            set_labels(&mut task, &labels, "Demande d'admission");
+            unit_places.extend(self.unit_labels(tx, &unit_id).await?);
             self.check_profile(ADMISSION_TASK, &task)?;
             let stored = put_resource(fhir, tx, "Task", None, task, "POST").await?;
             let target = format!("Task/{}/_history/{}", stored.id, stored.version);
@@ -1095,9 +1207,11 @@ impl Workflow {
                 .await?;
             entries.push(stored);
         }
-        if status == "draft" {
-            let mut body = sr.body.clone();
-            body["status"] = json!("active");
+        // the dossier becomes active, and visible to the units it was sent to
+        let mut body = sr.body.clone();
+        body["status"] = json!("active");
+        add_labels(&mut body, &unit_places, "Dossier");
+        if body != sr.body {
             put_resource(fhir, tx, "ServiceRequest", Some(id), body, "PUT").await?;
         }
         Ok(bundle_of(fhir, &entries))
@@ -1349,6 +1463,8 @@ impl Workflow {
             body["supportingInfo"] = json!(parts);
         }
         assign_number(tx, &prefix, &mut body).await?;
+        let labels = self.requester_labels(tx, &body["requester"]).await?;
+        set_labels(&mut body, &labels, "Dossier");
         self.check_profile(ADMISSION_REQUEST, &body)?;
         let stored = put_resource(fhir, tx, "ServiceRequest", None, body, "POST").await?;
         let target = format!("ServiceRequest/{}/_history/1", stored.id);

@@ -57,6 +57,15 @@ impl Drop for Guard {
                         rt.block_on(async {
                             use sqlx::Connection;
                             if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
+                                // The gateway's connections may be inside a transaction that
+                                // will never finish (a background writer on a runtime this
+                                // drop now blocks): end them, or the DROP waits on their locks.
+                                let _ = sqlx::query(
+                                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                                )
+                                .bind(&schema)
+                                .execute(&mut c)
+                                .await;
                                 let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
                                 let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                                     .execute(&mut c)
@@ -120,7 +129,9 @@ pub async fn fresh_database(engine: Engine) -> Option<(String, Guard)> {
                 .await
                 .expect("create schema");
             let sep = if url.contains('?') { '&' } else { '?' };
-            let scoped = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+            // the application name lets the guard find this test's connections
+            let scoped =
+                format!("{url}{sep}options=-c%20search_path%3D{schema}&application_name={schema}");
             Some((scoped, Guard::Schema(url, schema)))
         }
     }
@@ -166,7 +177,11 @@ pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
         .expect("open app");
     let router = app.router(config.max_body_bytes);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
     });
     Some(Gateway {
         base: format!("{base}/fhir"),
