@@ -152,6 +152,17 @@ async fn gateway_with(
     listener: tokio::net::TcpListener,
     clock: Arc<dyn passerelle::time::Clock>,
 ) -> Option<Psc> {
+    gateway_as(engine, issuer, discovery_url, "passerelle", listener, clock).await
+}
+
+async fn gateway_as(
+    engine: Engine,
+    issuer: &str,
+    discovery_url: Option<String>,
+    client_id: &str,
+    listener: tokio::net::TcpListener,
+    clock: Arc<dyn passerelle::time::Clock>,
+) -> Option<Psc> {
     let (url, guard) = fresh_database(engine).await?;
     let addr = listener.local_addr().expect("addr");
     let base = format!("http://{addr}");
@@ -172,7 +183,7 @@ async fn gateway_with(
     };
     config.psc = Some(PscConfig {
         issuer: issuer.to_owned(),
-        client_id: "passerelle".into(),
+        client_id: client_id.into(),
         discovery_url,
         client_secret: Some(passerelle::auth::secret::Secret::new(CLIENT_SECRET)),
         ..PscConfig::default()
@@ -998,4 +1009,38 @@ async fn a_discovery_document_naming_another_issuer_is_refused() {
         "{}",
         login.body
     );
+}
+
+/// The provider's second client gets RS256 ID tokens (checked with the provider's JWKS) and
+/// userinfo as a signed JWT (`application/jwt`).
+#[tokio::test]
+async fn browser_sign_in_with_rs256_id_token_and_signed_userinfo() {
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let Some(p) = provider(&format!("{base}/auth/callback")) else {
+        return;
+    };
+    let Some(gw) = gateway_as(
+        Engine::Sqlite,
+        &p.issuer,
+        None,
+        "passerelle-rs256",
+        l,
+        Arc::new(SystemClock),
+    )
+    .await
+    else {
+        return;
+    };
+    let (cb, _) = browser_sign_in(&gw, &p, "").await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let cookie = session_cookie(&cb);
+    let me = answer(
+        gw.http
+            .get(format!("{}/auth/session", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["SubjectNameID"], OTHER_DOCTOR);
 }
