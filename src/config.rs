@@ -77,6 +77,9 @@ pub struct PscConfig {
     pub introspection_client_id: Option<String>,
     pub introspection_client_secret: Option<Secret>,
     pub introspection_client_secret_file: Option<PathBuf>,
+    /// The PSC clients whose access tokens may be exchanged at `/auth/token` (the
+    /// introspected `azp` or `client_id`); empty: the gateway's own `client_id` only.
+    pub exchange_clients: Vec<String>,
     /// Time allowed for one call to PSC.
     pub http_timeout_seconds: u32,
     /// Browser sessions end after this inactivity (PSC's own: 30 min)…
@@ -102,6 +105,7 @@ impl Default for PscConfig {
             introspection_client_id: None,
             introspection_client_secret: None,
             introspection_client_secret_file: None,
+            exchange_clients: Vec::new(),
             http_timeout_seconds: 10,
             session_idle_minutes: 30,
             session_max_hours: 4,

@@ -1044,3 +1044,45 @@ async fn browser_sign_in_with_rs256_id_token_and_signed_userinfo() {
     assert_eq!(me.status, 200, "{}", me.body);
     assert_eq!(me.body["SubjectNameID"], OTHER_DOCTOR);
 }
+
+/// Only the configured PSC clients' tokens may be exchanged (default: the gateway's own).
+#[tokio::test]
+async fn tokens_of_other_psc_clients_are_not_exchanged() {
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let redirect = format!("{base}/auth/callback");
+    let Some(p) = provider(&redirect) else { return };
+    // this gateway is the PSC client passerelle-rs256; the token below is passerelle's
+    let Some(gw) = gateway_as(
+        Engine::Sqlite,
+        &p.issuer,
+        None,
+        "passerelle-rs256",
+        l,
+        Arc::new(SystemClock),
+    )
+    .await
+    else {
+        return;
+    };
+    let system = gw.system_token().await;
+    let role = habilitation(&gw, &system, DOCTOR).await;
+    let at = psc_access_token(&p, &redirect, DOCTOR, "eidas1").await;
+    let r = gw
+        .token(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &at),
+            ("subject_token_type", AT_TYPE),
+            ("practitioner_role", &format!("PractitionerRole/{role}")),
+        ])
+        .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("passerelle"),
+        "{}",
+        r.body
+    );
+}

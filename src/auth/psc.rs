@@ -45,6 +45,8 @@ pub struct Psc {
     introspection_client_id: String,
     introspection_client_secret: Option<Secret>,
     pub accepted_acr: Vec<String>,
+    /// Clients whose tokens may be exchanged.
+    exchange_clients: Vec<String>,
     http: reqwest::Client,
     discovery: OnceCell<Discovery>,
 }
@@ -114,6 +116,11 @@ impl Psc {
                 .accepted_acr
                 .clone()
                 .unwrap_or_else(|| config.acr_values.clone()),
+            exchange_clients: if config.exchange_clients.is_empty() {
+                vec![config.client_id.clone()]
+            } else {
+                config.exchange_clients.clone()
+            },
             http,
             discovery: OnceCell::new(),
         })
@@ -193,6 +200,15 @@ impl Psc {
         {
             return Err(PscError::Rejected(format!(
                 "the subject token was issued by `{iss}`, not by the configured issuer"
+            )));
+        }
+        let client = answer["azp"]
+            .as_str()
+            .or_else(|| answer["client_id"].as_str())
+            .unwrap_or("");
+        if !self.exchange_clients.iter().any(|c| c == client) {
+            return Err(PscError::Rejected(format!(
+                "the subject token was issued to PSC client `{client}`, which may not exchange tokens here"
             )));
         }
         let acr = answer["acr"].as_str().unwrap_or("");
