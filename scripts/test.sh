@@ -38,6 +38,15 @@ if ! command -v libreoffice >/dev/null 2>&1; then
 fi
 export TEST_REQUIRE_LIBREOFFICE=1
 
+# A real OpenID Connect provider configured like Pro Santé Connect (tests/psc.rs): the npm
+# package oidc-provider, pinned by tests/oidc/package-lock.json; nothing is fetched once
+# installed. The PSC tests fail without it here (they only skip, with a note, elsewhere).
+if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+  echo "test.sh: installing tests/oidc (oidc-provider, about 15 s)" >&2
+  (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
+fi
+export TEST_REQUIRE_OIDC=1
+
 # The XML reader under a fuzzer for a bounded time (FUZZ_SECONDS=0 skips it).
 if [ "${FUZZ_SECONDS:-30}" -gt 0 ]; then
   scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::secret::Secret;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
@@ -43,6 +45,113 @@ pub struct Config {
     pub log_json: bool,
     /// The admission workflow's delays and timer (`[workflow]`).
     pub workflow: WorkflowConfig,
+    /// Pro Santé Connect (`[psc]`): when its `issuer` is set the gateway runs in `psc` auth
+    /// mode (bearer gateway tokens only); otherwise in `dev` mode.
+    pub psc: Option<PscConfig>,
+    /// Gateway tokens and system clients (`[auth]`, `[[auth.clients]]`).
+    pub auth: AuthConfig,
+}
+
+/// `[psc]`: the Pro Santé Connect client (contract §7, french-specs §1).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PscConfig {
+    /// The issuer, compared strictly with the discovery document's and the tokens' `iss`.
+    pub issuer: String,
+    /// Default `{issuer}/.well-known/wallet-openid-configuration` (PSC's own path).
+    pub discovery_url: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub client_secret_file: Option<PathBuf>,
+    /// Mutual TLS towards PSC (PEM files): not implemented yet, refused at start.
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    /// Default `{base_url}/auth/callback`.
+    pub redirect_url: Option<String>,
+    pub scopes: Vec<String>,
+    /// Sent as `acr_values`.
+    pub acr_values: Vec<String>,
+    /// The `acr` a PSC token or ID token may carry (default: `acr_values`).
+    pub accepted_acr: Option<Vec<String>>,
+    /// The client that calls the introspection endpoint (default: `client_id` and its secret).
+    pub introspection_client_id: Option<String>,
+    pub introspection_client_secret: Option<Secret>,
+    pub introspection_client_secret_file: Option<PathBuf>,
+    /// The PSC clients whose access tokens may be exchanged at `/auth/token` (the
+    /// introspected `azp` or `client_id`); empty: the gateway's own `client_id` only.
+    pub exchange_clients: Vec<String>,
+    /// Time allowed for one call to PSC.
+    pub http_timeout_seconds: u32,
+    /// Browser sessions end after this inactivity (PSC's own: 30 min)…
+    pub session_idle_minutes: u32,
+    /// …and this long after sign-in in any case (PSC's own: 4 h).
+    pub session_max_hours: u32,
+}
+
+impl Default for PscConfig {
+    fn default() -> Self {
+        PscConfig {
+            issuer: String::new(),
+            discovery_url: None,
+            client_id: String::new(),
+            client_secret: None,
+            client_secret_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+            redirect_url: None,
+            scopes: vec!["openid".into(), "scope_all".into()],
+            acr_values: vec!["eidas1".into()],
+            accepted_acr: None,
+            introspection_client_id: None,
+            introspection_client_secret: None,
+            introspection_client_secret_file: None,
+            exchange_clients: Vec::new(),
+            http_timeout_seconds: 10,
+            session_idle_minutes: 30,
+            session_max_hours: 4,
+        }
+    }
+}
+
+/// `[auth]`: the gateway's own tokens and the system clients allowed to ask for them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Ed25519 private key (PKCS#8 PEM) that signs gateway tokens; created (mode 0600) when
+    /// the file does not exist. Unset: a new key at each start (tokens die with the process;
+    /// several instances need a shared file).
+    pub signing_key_file: Option<PathBuf>,
+    /// Lifetime of a gateway access token.
+    pub token_lifetime_seconds: u32,
+    /// Longest lifetime accepted for a client assertion (`exp - now`), SMART: 5 minutes.
+    pub assertion_max_lifetime_seconds: u32,
+    pub clients: Vec<ClientConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            signing_key_file: None,
+            token_lifetime_seconds: 900,
+            assertion_max_lifetime_seconds: 300,
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// `[[auth.clients]]`: a system (SMART Backend Services client, `private_key_jwt`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub client_id: String,
+    /// The client's public keys (a JWKS document), as a file…
+    pub jwks_file: Option<PathBuf>,
+    /// …or fetched from this URL (cached; fetched again for an unknown `kid`).
+    pub jwks_url: Option<String>,
+    /// The SMART v2 scopes it may be granted (`system/Task.rs`, `system/*.cruds`).
+    pub scopes: Vec<String>,
+    /// `Organization/<id>`: the structure it acts for.
+    pub organization: Option<String>,
 }
 
 /// `[workflow]`: the delays of domain.md, in whole hours or days.
@@ -98,6 +207,8 @@ impl Default for Config {
             sqlite_durable: true,
             log_json: false,
             workflow: WorkflowConfig::default(),
+            psc: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -169,6 +280,38 @@ impl Config {
                 key: "base_url".into(),
                 message: format!("`{base}` is not an http(s) URL"),
             });
+        }
+        if let Some(psc) = self.psc.as_ref().filter(|p| !p.issuer.is_empty()) {
+            let invalid = |key: &str, message: &str| ConfigError::Invalid {
+                key: format!("psc.{key}"),
+                message: message.into(),
+            };
+            if !(psc.issuer.starts_with("https://") || psc.issuer.starts_with("http://")) {
+                return Err(invalid("issuer", "must be an http(s) URL"));
+            }
+            if psc.client_id.is_empty() {
+                return Err(invalid("client_id", "is required with an issuer"));
+            }
+            if psc.client_secret.is_some() && psc.client_secret_file.is_some() {
+                return Err(invalid(
+                    "client_secret",
+                    "set client_secret or client_secret_file, not both",
+                ));
+            }
+            if psc.tls_client_cert.is_some() || psc.tls_client_key.is_some() {
+                return Err(invalid(
+                    "tls_client_cert",
+                    "mutual TLS towards Pro Santé Connect is not implemented yet: use client_secret",
+                ));
+            }
+        }
+        for (i, c) in self.auth.clients.iter().enumerate() {
+            if c.client_id.is_empty() || (c.jwks_file.is_some() == c.jwks_url.is_some()) {
+                return Err(ConfigError::Invalid {
+                    key: format!("auth.clients[{i}]"),
+                    message: "needs a client_id and exactly one of jwks_file, jwks_url".into(),
+                });
+            }
         }
         if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
             return Err(ConfigError::Invalid {

@@ -37,6 +37,8 @@ pub enum ServeError {
         "listen = {0}: without a Pro Santé Connect issuer the gateway runs in dev auth mode, which takes the caller from a header and so binds to loopback only (127.0.0.1 or ::1)"
     )]
     DevModeNotLoopback(String),
+    #[error("authentication: {0}")]
+    Auth(String),
     #[error("cannot publish the conformance resources: {0}")]
     Publish(String),
     #[error("server error: {0}")]
@@ -51,6 +53,8 @@ pub struct App {
     pub audit: crate::audit::Auditor,
     pub metrics: Arc<Metrics>,
     pub store: Store,
+    /// `dev` or `psc` auth mode.
+    pub auth: crate::auth::Authenticator,
 }
 
 impl App {
@@ -79,6 +83,8 @@ impl App {
             config.workflow.delays(),
         )?;
         let fhir = Arc::new(fhir);
+        let auth =
+            crate::auth::Authenticator::from_config(config, &base).map_err(ServeError::Auth)?;
         crate::fhir::conformance::publish(&fhir)
             .await
             .map_err(|e| ServeError::Publish(e.to_string()))?;
@@ -88,6 +94,7 @@ impl App {
             audit,
             metrics: Arc::new(Metrics::default()),
             store,
+            auth,
         })
     }
 
@@ -96,6 +103,7 @@ impl App {
             fhir: self.fhir.clone(),
             audit: self.audit.clone(),
             max_body_bytes,
+            auth: self.auth.clone(),
         });
         let fhir_routes = Router::new()
             .route("/fhir", any(rest::handle))
@@ -107,6 +115,12 @@ impl App {
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
             .with_state(self.clone());
+        let fhir_routes = match &self.auth {
+            crate::auth::Authenticator::Psc(g) => fhir_routes.merge(
+                crate::auth::endpoints::router(g.clone(), self.store.clone()),
+            ),
+            crate::auth::Authenticator::Dev => fhir_routes,
+        };
         fhir_routes
             .merge(ops)
             .fallback(|| async {
@@ -152,13 +166,18 @@ async fn metrics(State(app): State<App>) -> Response {
 /// Runs the gateway until SIGINT/SIGTERM, then finishes the requests under way.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let addr = config.listen_addr()?;
-    // Dev auth mode (contract §4): anyone who can reach the port can claim any habilitation.
-    if !addr.ip().is_loopback() {
-        return Err(ServeError::DevModeNotLoopback(addr.to_string()));
+    let psc_mode = config.psc.as_ref().is_some_and(|p| !p.issuer.is_empty());
+    if psc_mode {
+        tracing::info!("psc auth mode: the FHIR API takes bearer gateway tokens only");
+    } else {
+        // Dev auth mode (contract §4): anyone who can reach the port can claim any habilitation.
+        if !addr.ip().is_loopback() {
+            return Err(ServeError::DevModeNotLoopback(addr.to_string()));
+        }
+        tracing::warn!(
+            "dev auth mode: callers are taken from the X-Passerelle-Role header; listening on loopback only"
+        );
     }
-    tracing::warn!(
-        "dev auth mode: callers are taken from the X-Passerelle-Role header; listening on loopback only"
-    );
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind {

@@ -2,11 +2,29 @@
 //!
 //! Every request carries a [`Caller`]. The rules (`workflow`, and the read filters to come)
 //! only look at the caller's habilitation: its profile code and its place (a structure or
-//! units). How the caller was established is this module's business alone: today the `dev`
-//! mode reads the `X-Passerelle-Role: PractitionerRole/<id>` header (contract §4); Pro Santé
-//! Connect and gateway tokens will produce the same [`Caller`].
+//! units). How the caller was established is this module's business alone: the `dev` mode
+//! reads the `X-Passerelle-Role: PractitionerRole/<id>` header (contract §4); in `psc` mode
+//! (a Pro Santé Connect issuer is configured) the caller comes from a gateway access token
+//! only (`gateway`, issued at `/auth/token` by `endpoints`). [`Authenticator::caller`] is the
+//! one call the HTTP edge makes.
 
+pub mod browser;
+pub mod endpoints;
+pub mod gateway;
+pub mod keys;
+pub mod psc;
+pub mod scope;
+pub mod secret;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, Method};
 use serde_json::Value;
+
+use crate::config::Config;
+use crate::fhir::interaction::Route;
+use gateway::{Gateway, Need};
+use scope::Perm;
 
 use crate::fhir::error::{Error, Result};
 use crate::fhir::reference;
@@ -106,6 +124,112 @@ pub fn habilitation(role_id: &str, role: &Value, now: i64) -> Option<Habilitatio
             .filter_map(|s| local(s, "HealthcareService"))
             .collect(),
     })
+}
+
+/// How callers are established, chosen once from the configuration.
+#[derive(Debug, Clone)]
+pub enum Authenticator {
+    /// No PSC issuer: the `X-Passerelle-Role` header (loopback only).
+    Dev,
+    /// A PSC issuer: bearer gateway tokens only.
+    Psc(Arc<Gateway>),
+}
+
+impl Authenticator {
+    /// `psc` mode when `[psc] issuer` is set, `dev` mode otherwise. `base` is the gateway's
+    /// public base URL (without `/fhir`).
+    pub fn from_config(config: &Config, base: &str) -> std::result::Result<Authenticator, String> {
+        match &config.psc {
+            Some(p) if !p.issuer.is_empty() => {
+                Ok(Authenticator::Psc(Arc::new(Gateway::new(config, base)?)))
+            }
+            _ => Ok(Authenticator::Dev),
+        }
+    }
+
+    pub fn is_dev(&self) -> bool {
+        matches!(self, Authenticator::Dev)
+    }
+
+    /// The caller of one FHIR request (`route` under `/fhir`, already parsed). In `psc` mode:
+    /// 401 without a valid gateway token (except `GET /metadata`), 403 when a system
+    /// client's scopes do not cover the request; the `X-Passerelle-Role` header is ignored.
+    pub async fn caller(
+        &self,
+        headers: &HeaderMap,
+        store: &Store,
+        method: &Method,
+        route: &Route,
+    ) -> Result<Caller> {
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        match self {
+            Authenticator::Dev => dev_caller(store, header(DEV_ROLE_HEADER)).await,
+            Authenticator::Psc(g) => {
+                g.caller(header("authorization"), store, &need(method, route))
+                    .await
+            }
+        }
+    }
+}
+
+/// What a request needs from a system client's scopes.
+fn need(method: &Method, route: &Route) -> Need {
+    let read_or = |write: Perm| {
+        if method == Method::GET || method == Method::HEAD {
+            Perm::Read
+        } else {
+            write
+        }
+    };
+    let (public, rtype, perms) = match route {
+        Route::Metadata => (
+            method == Method::GET || method == Method::HEAD,
+            None,
+            vec![Perm::Read],
+        ),
+        // a batch or transaction may do anything: it needs everything on everything
+        Route::Root => (
+            false,
+            None,
+            vec![
+                Perm::Create,
+                Perm::Read,
+                Perm::Update,
+                Perm::Delete,
+                Perm::Search,
+            ],
+        ),
+        Route::SystemHistory => (false, None, vec![Perm::Search]),
+        Route::Type(t) => {
+            let p = match *method {
+                Method::POST => Perm::Create,
+                Method::PUT | Method::PATCH => Perm::Update,
+                Method::DELETE => Perm::Delete,
+                _ => Perm::Search,
+            };
+            (false, Some(t.clone()), vec![p])
+        }
+        Route::TypeSearch(t) | Route::TypeHistory(t) => {
+            (false, Some(t.clone()), vec![Perm::Search])
+        }
+        Route::Instance(t, _) => {
+            let p = match *method {
+                Method::PUT | Method::PATCH => Perm::Update,
+                Method::DELETE => Perm::Delete,
+                _ => Perm::Read,
+            };
+            (false, Some(t.clone()), vec![p])
+        }
+        Route::InstanceHistory(t, _) | Route::Version(t, _, _) => {
+            (false, Some(t.clone()), vec![Perm::Read])
+        }
+        Route::Operation { rtype, .. } => (false, rtype.clone(), vec![read_or(Perm::Update)]),
+    };
+    Need {
+        public,
+        rtype,
+        perms,
+    }
 }
 
 /// The caller of a request in `dev` mode, from the `X-Passerelle-Role` header's value.

@@ -85,6 +85,8 @@ pub struct Edge {
     pub fhir: Arc<Fhir>,
     pub audit: crate::audit::Auditor,
     pub max_body_bytes: usize,
+    /// How the caller is established (`dev` header or `psc` bearer tokens).
+    pub auth: crate::auth::Authenticator,
 }
 
 /// How the response is written.
@@ -100,6 +102,7 @@ struct Output {
 pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response {
     // Errors go back in the format the client asked for, when it asked for one we speak.
     let format = response_format(&request).unwrap_or(Format::Json);
+    let had_token = request.headers().contains_key(header::AUTHORIZATION);
     let mut access = Access {
         method: request.method().to_string(),
         address: request
@@ -108,10 +111,22 @@ pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response
             .map(|c| c.0.ip().to_string()),
         ..Access::default()
     };
-    let (response, error) = match handle_inner(&edge, request, &mut access).await {
+    let (mut response, error) = match handle_inner(&edge, request, &mut access).await {
         Ok(r) => (r, None),
         Err(e) => (error_response_in(&e, format), Some(e.to_string())),
     };
+    if response.status() == StatusCode::UNAUTHORIZED && !edge.auth.is_dev() {
+        // RFC 6750 §3: a bad token is `invalid_token`; no token, just the challenge
+        let challenge = if had_token {
+            "Bearer realm=\"passerelle\", error=\"invalid_token\""
+        } else {
+            "Bearer realm=\"passerelle\""
+        };
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
     if access.audited() {
         let now = edge.fhir.store.clock().now();
         let event = access.event(response.status().as_u16(), error.as_deref(), now);
@@ -302,6 +317,11 @@ async fn handle_inner(
         .cloned()
         .collect();
     access.export = tabular.is_some();
+    // who is calling, before the body is read
+    let caller = edge
+        .auth
+        .caller(headers, &fhir.store, &method, &route)
+        .await?;
     if tabular.is_some()
         && !matches!(
             (&method, &route),
@@ -324,11 +344,7 @@ async fn handle_inner(
     });
     let mut req = Req::new(method.clone(), route);
     req.table = tabular.is_some();
-    req.caller = crate::auth::dev_caller(
-        &fhir.store,
-        header_str(headers, crate::auth::DEV_ROLE_HEADER),
-    )
-    .await?;
+    req.caller = caller;
     if !bytes.is_empty() {
         match content_type.as_deref() {
             Some("application/x-www-form-urlencoded")
