@@ -145,6 +145,54 @@ on_both_engines!(transaction_is_all_or_nothing, |gw| {
     );
 });
 
+// Concurrent transactions share one SQLite commit (group commit): the rows of the failing
+// ones must go, those of the others stay, whatever their order in the batch.
+on_both_engines!(concurrent_transactions_fail_alone, |gw| {
+    let p = gw
+        .create(&json!({"resourceType": "Patient", "id": "x"}))
+        .await;
+    let pid = p["id"].as_str().unwrap().to_owned();
+    let mut handles = Vec::new();
+    for i in 0..16u32 {
+        let mut b = dossier(&format!("4{:012}", i));
+        if i % 2 == 1 {
+            b["entry"].as_array_mut().unwrap().push(json!({
+                "resource": {"resourceType": "Patient", "id": pid, "gender": "female"},
+                "request": {"method": "PUT", "url": format!("Patient/{pid}"), "ifMatch": "W/\"9\""}}));
+        }
+        let client = gw.client.clone();
+        let url = gw.url("");
+        handles.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("content-type", common::FHIR_JSON)
+                .body(b.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut codes = Vec::new();
+    for h in handles {
+        codes.push(h.await.unwrap());
+    }
+    codes.sort();
+    assert_eq!(codes, [[200; 8], [412; 8]].concat(), "{codes:?}");
+    assert_eq!(gw.get("Task?_summary=count").await.json()["total"], 24);
+    assert_eq!(gw.get("Patient?_summary=count").await.json()["total"], 9);
+    for i in 0..16u32 {
+        let found = gw
+            .search_ids(&format!(
+                "Patient?identifier=urn:oid:1.2.250.1.213.1.4.10|4{:012}",
+                i
+            ))
+            .await;
+        assert_eq!(found.len(), usize::from(i % 2 == 0), "dossier {i}");
+    }
+});
+
 on_both_engines!(
     transaction_order_put_delete_get_and_conditional_references,
     |gw| {

@@ -279,11 +279,11 @@ impl Validator<'_> {
 }
 
 /// Checks a JSON value against the lexical form of a FHIR primitive type.
-pub fn check_primitive(ty: &str, v: &Value) -> Result<(), String> {
-    let want_str = |v: &Value| -> Result<String, String> {
+pub fn check_primitive<'v>(ty: &str, v: &'v Value) -> Result<(), String> {
+    let want_str = |v: &'v Value| -> Result<&'v str, String> {
         match v {
             Value::String(s) if s.is_empty() => Err("empty string".into()),
-            Value::String(s) => Ok(s.clone()),
+            Value::String(s) => Ok(s.as_str()),
             _ => Err(format!("expected a JSON string ({ty})")),
         }
     };
@@ -316,42 +316,46 @@ pub fn check_primitive(ty: &str, v: &Value) -> Result<(), String> {
             Value::Number(_) => Ok(()),
             _ => Err("expected a JSON number (decimal)".into()),
         },
-        _ => {
-            let s = want_str(v)?;
-            let ok = match ty {
-                "id" => {
-                    s.len() <= 64
-                        && s.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-                }
-                "code" => {
-                    !s.starts_with(char::is_whitespace)
-                        && !s.ends_with(char::is_whitespace)
-                        && !s.contains("  ")
-                        && !s.contains(['\t', '\n', '\r'])
-                }
-                "uri" | "url" | "canonical" => !s.contains(char::is_whitespace),
-                "oid" => is_oid(&s),
-                "uuid" => is_uuid(&s),
-                "date" => s.len() <= 10 && fhir_date_range(&s).is_some(),
-                "dateTime" => {
-                    fhir_date_range(&s).is_some()
-                        && (s.len() <= 10 || has_zone(&s) && s.len() >= 19)
-                }
-                "instant" => fhir_date_range(&s).is_some() && s.len() >= 20 && has_zone(&s),
-                "time" => is_time(&s),
-                "base64Binary" => s.bytes().all(|b| {
-                    b.is_ascii_alphanumeric()
-                        || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\n' | b'\r')
-                }),
-                _ => true,
-            };
-            if ok {
-                Ok(())
-            } else {
-                Err(format!("`{s}` is not a valid {ty}"))
-            }
+        _ => check_lexical(ty, want_str(v)?),
+    }
+}
+
+/// Checks the text of a string-valued primitive (everything but booleans and numbers)
+/// against its lexical form.
+pub fn check_lexical(ty: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("empty string".into());
+    }
+    let ok = match ty {
+        "id" => {
+            s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         }
+        "code" => {
+            !s.starts_with(char::is_whitespace)
+                && !s.ends_with(char::is_whitespace)
+                && !s.contains("  ")
+                && !s.contains(['\t', '\n', '\r'])
+        }
+        "uri" | "url" | "canonical" => !s.contains(char::is_whitespace),
+        "oid" => is_oid(s),
+        "uuid" => is_uuid(s),
+        "date" => s.len() <= 10 && fhir_date_range(s).is_some(),
+        "dateTime" => {
+            fhir_date_range(s).is_some() && (s.len() <= 10 || has_zone(s) && s.len() >= 19)
+        }
+        "instant" => fhir_date_range(s).is_some() && s.len() >= 20 && has_zone(s),
+        "time" => is_time(s),
+        "base64Binary" => s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\n' | b'\r')
+        }),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{s}` is not a valid {ty}"))
     }
 }
 

@@ -13,17 +13,18 @@
 //! beyond the five predefined ones and character references. Errors carry a FHIRPath-like
 //! location and the line and column in the document.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use quick_xml::XmlVersion;
 use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{PrefixDeclaration, ResolveResult};
-use quick_xml::reader::NsReader;
+use quick_xml::name::{NamespaceResolver, PrefixDeclaration, ResolveResult};
+use quick_xml::reader::Reader;
 use serde_json::{Map, Value};
 
 use super::model::{ElementDef, Kind, Model, TypeDef};
-use super::validate::{MAX_DEPTH, check_primitive};
+use super::validate::{MAX_DEPTH, check_lexical, check_primitive};
 
 /// The namespace of every FHIR element.
 pub const FHIR_NS: &str = "http://hl7.org/fhir";
@@ -31,6 +32,8 @@ pub const FHIR_NS: &str = "http://hl7.org/fhir";
 pub const XHTML_NS: &str = "http://www.w3.org/1999/xhtml";
 /// `xsi:schemaLocation` and friends are tolerated on resource elements.
 const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
+/// What a primitive without id or extensions has as its `_name` partner.
+static EMPTY_MAP: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
 const DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 /// Deepest element nesting read or written (what `json::parse_resource` allows for JSON).
 const MAX_XML_DEPTH: usize = MAX_DEPTH + 4;
@@ -237,21 +240,23 @@ enum TypeOf<'m> {
 }
 
 /// `type_of` remembered by the address of the type name in the model (a few dozen types
-/// recur in a document): a direct-mapped table, no hashing.
+/// recur in a document): a direct-mapped table of 256 slots, no hashing of the name.
 struct TypeCache<'m> {
-    slots: [(usize, TypeOf<'m>); 64],
+    slots: [(usize, TypeOf<'m>); 256],
 }
 
 impl<'m> TypeCache<'m> {
     fn new() -> TypeCache<'m> {
         TypeCache {
-            slots: [(0, TypeOf::Unknown); 64],
+            slots: [(0, TypeOf::Unknown); 256],
         }
     }
 
     fn get(&mut self, model: &'m Model, ty: &'m str) -> TypeOf<'m> {
         let key = ty.as_ptr() as usize;
-        let slot = &mut self.slots[(key >> 3) % 64];
+        // Fibonacci hashing of the address: its low bits are mostly alignment.
+        let slot = &mut self.slots
+            [key.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> (usize::BITS - 8)];
         if slot.0 != key {
             *slot = (key, type_of(model, ty));
         }
@@ -311,6 +316,7 @@ fn write(model: &Model, resource: &Value, pretty: bool) -> Result<String, XmlErr
         out: String::with_capacity(4096),
         pretty,
         depth: 0,
+        pool: Vec::new(),
     };
     w.out.push_str(DECLARATION);
     w.out.push('\n');
@@ -318,7 +324,7 @@ fn write(model: &Model, resource: &Value, pretty: bool) -> Result<String, XmlErr
     Ok(w.out)
 }
 
-struct Writer<'m> {
+struct Writer<'m, 'v> {
     model: &'m Model,
     element: &'m TypeDef,
     extension: &'m TypeDef,
@@ -326,6 +332,9 @@ struct Writer<'m> {
     out: String,
     pretty: bool,
     depth: usize,
+    /// Emptied `entries` vectors of finished objects, reused: one allocation per nesting
+    /// level instead of one per object.
+    pool: Vec<Vec<Entry<'v, 'm>>>,
 }
 
 /// What is being written as an XML element.
@@ -355,7 +364,7 @@ fn write_err(at: &At, message: impl Into<String>) -> XmlError {
     }
 }
 
-impl<'m> Writer<'m> {
+impl<'m, 'v> Writer<'m, 'v> {
     fn indent(&mut self) {
         if self.pretty {
             for _ in 0..self.depth {
@@ -384,7 +393,7 @@ impl<'m> Writer<'m> {
         Ok(())
     }
 
-    fn resource(&mut self, v: &Value, at: Option<&At>, root: bool) -> Result<(), XmlError> {
+    fn resource(&mut self, v: &'v Value, at: Option<&At>, root: bool) -> Result<(), XmlError> {
         let unnamed = At::root("");
         let where_ = at.unwrap_or(&unnamed);
         let obj = v
@@ -408,7 +417,7 @@ impl<'m> Writer<'m> {
         &mut self,
         name: &str,
         def: &'m TypeDef,
-        obj: &Map<String, Value>,
+        obj: &'v Map<String, Value>,
         at: &At,
         mode: Mode,
     ) -> Result<(), XmlError> {
@@ -421,7 +430,7 @@ impl<'m> Writer<'m> {
         let has_partners = obj.keys().any(|k| k.starts_with('_'));
         let mut id_attr = None;
         let mut url_attr = None;
-        let mut entries: Vec<Entry> = Vec::with_capacity(obj.len());
+        let mut entries = self.pool.pop().unwrap_or_default();
         let mut partner_key = String::new();
         let mut cursor = 0;
         for (key, value) in obj {
@@ -458,7 +467,7 @@ impl<'m> Writer<'m> {
                         "an XML attribute cannot carry an id or extensions",
                     ));
                 }
-                if !self.model.is_primitive(ty) {
+                if !matches!(self.types.get(self.model, ty), TypeOf::Primitive) {
                     return Err(write_err(
                         &at.child(key, None),
                         format!("`{key}` is only allowed on primitive elements"),
@@ -471,7 +480,7 @@ impl<'m> Writer<'m> {
             }
             let (value, partner) = if partner_only {
                 (None, Some(value))
-            } else if has_partners && self.model.is_primitive(ty) {
+            } else if has_partners && matches!(self.types.get(self.model, ty), TypeOf::Primitive) {
                 partner_key.clear();
                 partner_key.push('_');
                 partner_key.push_str(key);
@@ -513,6 +522,7 @@ impl<'m> Writer<'m> {
         if entries.is_empty() {
             self.out.push_str("/>");
             self.newline();
+            self.pool.push(entries);
             return Ok(());
         }
         self.out.push('>');
@@ -521,6 +531,8 @@ impl<'m> Writer<'m> {
         for e in &entries {
             self.entry(e, at)?;
         }
+        entries.clear();
+        self.pool.push(entries);
         self.depth -= 1;
         self.indent();
         self.out.push_str("</");
@@ -530,7 +542,7 @@ impl<'m> Writer<'m> {
         Ok(())
     }
 
-    fn entry(&mut self, e: &Entry<'_, 'm>, at: &At) -> Result<(), XmlError> {
+    fn entry(&mut self, e: &Entry<'v, 'm>, at: &At) -> Result<(), XmlError> {
         if !e.el.many {
             let here = at.child(e.key, None);
             if matches!(e.value, Some(Value::Array(_)))
@@ -584,8 +596,8 @@ impl<'m> Writer<'m> {
         &mut self,
         name: &str,
         ty: &'m str,
-        value: Option<&Value>,
-        partner: Option<&Value>,
+        value: Option<&'v Value>,
+        partner: Option<&'v Value>,
         at: &At,
     ) -> Result<(), XmlError> {
         let value = value.filter(|v| !v.is_null());
@@ -629,8 +641,8 @@ impl<'m> Writer<'m> {
         &mut self,
         name: &str,
         ty: &str,
-        value: Option<&Value>,
-        partner: Option<&Value>,
+        value: Option<&'v Value>,
+        partner: Option<&'v Value>,
         at: &At,
     ) -> Result<(), XmlError> {
         {
@@ -660,12 +672,11 @@ impl<'m> Writer<'m> {
                         .ok_or_else(|| write_err(at, format!("not a valid JSON value for {ty}")))?,
                 ),
             };
-            let empty = Map::new();
             let partner_obj = match partner {
                 None if lexical.is_none() => {
                     return Err(write_err(at, "null without an id or extensions"));
                 }
-                None => &empty,
+                None => &*EMPTY_MAP,
                 Some(Value::Object(o)) => o,
                 Some(_) => {
                     return Err(write_err(
@@ -695,13 +706,70 @@ fn lexical<'v>(ty: &str, v: &'v Value) -> Option<&'v str> {
     }
 }
 
+/// Bytes that `escape_attr` must look at: markup characters, control characters, and 0xEF
+/// (the first byte of U+FFFE and U+FFFF). Everything else is copied in runs.
+static ATTR_SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'&' as usize] = true;
+    t[b'<' as usize] = true;
+    t[b'>' as usize] = true;
+    t[b'"' as usize] = true;
+    t[0xEF] = true;
+    t
+};
+
+/// Whether any byte of `w` may be one of `ATTR_SPECIAL` (false positives are fine: the
+/// word is then looked at byte by byte). The classic SWAR "has a zero byte" test, applied to
+/// `w` XOR each special byte, and "has a byte below 0x20".
+fn may_be_special(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (below_space
+        | has_zero(w ^ (ONES * u64::from(b'&')))
+        | has_zero(w ^ (ONES * u64::from(b'<')))
+        | has_zero(w ^ (ONES * u64::from(b'>')))
+        | has_zero(w ^ (ONES * u64::from(b'"')))
+        | has_zero(w ^ (ONES * 0xEF)))
+        != 0
+}
+
 /// Appends `s` escaped for a double-quoted attribute. Tab, CR and LF become character
 /// references, or attribute-value normalization would turn them into spaces. Fails on a
 /// character XML 1.0 cannot carry at all.
 fn escape_attr(out: &mut String, s: &str) -> Result<(), char> {
     let bytes = s.as_bytes();
     let mut last = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    let mut word_end = 0;
+    while i < bytes.len() {
+        if i >= word_end {
+            // Skip eight ordinary bytes at a time; a word that may hold a special byte is
+            // looked at byte by byte.
+            while let Some(w) = bytes.get(i..i + 8) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(w);
+                if may_be_special(u64::from_le_bytes(a)) {
+                    break;
+                }
+                i += 8;
+            }
+            word_end = i + 8;
+            if i >= bytes.len() {
+                break;
+            }
+        }
+        let b = bytes[i];
+        if !ATTR_SPECIAL[usize::from(b)] {
+            i += 1;
+            continue;
+        }
         let rep = match b {
             b'&' => "&amp;",
             b'<' => "&lt;",
@@ -712,7 +780,7 @@ fn escape_attr(out: &mut String, s: &str) -> Result<(), char> {
             b'\t' => "&#9;",
             0..=0x1f => return Err(char::from(b)),
             // U+FFFE and U+FFFF (EF BF BE / EF BF BF) are not XML characters.
-            0xEF if bytes.get(i + 1) == Some(&0xBF)
+            _ if bytes.get(i + 1) == Some(&0xBF)
                 && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
             {
                 return Err(if bytes.get(i + 2) == Some(&0xBE) {
@@ -721,11 +789,15 @@ fn escape_attr(out: &mut String, s: &str) -> Result<(), char> {
                     '\u{FFFF}'
                 });
             }
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&s[last..i]);
         out.push_str(rep);
-        last = i + 1;
+        i += 1;
+        last = i;
     }
     out.push_str(&s[last..]);
     Ok(())
@@ -802,7 +874,7 @@ impl Canon {
 /// whether the source text of the div is self-contained (it declares the XHTML namespace as
 /// its default and uses no prefixes), so that it can be kept verbatim.
 fn walk_div<'i>(
-    r: &mut NsReader<&'i [u8]>,
+    r: &mut XmlReader<'i>,
     start: &BytesStart<'i>,
     empty: bool,
     pos: usize,
@@ -888,7 +960,7 @@ fn walk_div<'i>(
 
 /// Checks one start tag inside the narrative and writes it (without its closing `>`).
 fn div_tag(
-    r: &NsReader<&[u8]>,
+    r: &XmlReader,
     e: &BytesStart,
     root: bool,
     pos: usize,
@@ -974,10 +1046,10 @@ impl AttrProblem {
 
 /// The attribute's value after XML normalization: the predefined entities and character
 /// references replaced, any other entity refused.
-fn attribute_value(a: &Attribute) -> Result<String, AttrProblem> {
+fn attribute_value<'a>(a: &Attribute<'a>) -> Result<Cow<'a, str>, AttrProblem> {
     use quick_xml::escape::EscapeError;
     match a.normalized_value(XmlVersion::Implicit1_0) {
-        Ok(v) => Ok(v.into_owned()),
+        Ok(v) => Ok(v),
         Err(quick_xml::Error::Escape(EscapeError::UnrecognizedEntity(_, name))) => Err(
             AttrProblem::Entity(format!("the entity reference `&{name};`")),
         ),
@@ -988,7 +1060,7 @@ fn attribute_value(a: &Attribute) -> Result<String, AttrProblem> {
 /// Checks that a JSON narrative is one XHTML `div`, valid on its own (its namespace
 /// declarations included), so that it can be written verbatim into a FHIR document.
 fn check_div(div: &str) -> Result<(), String> {
-    let mut r = NsReader::from_str(div);
+    let mut r = XmlReader::from_str(div);
     let (start, empty) = match r.read_event() {
         Ok(Event::Start(e)) => (e, false),
         Ok(Event::Empty(e)) => (e, true),
@@ -1005,6 +1077,75 @@ fn check_div(div: &str) -> Result<(), String> {
 
 // ---------------------------------------------------------------------------------------
 // Reading
+
+/// quick-xml's plain `Reader` with a `NamespaceResolver` kept as its `NsReader` keeps it,
+/// except that an element's attributes are parsed for namespace declarations only when its
+/// tag contains `xmlns`: `NsReader` parses every element's attributes for that, and this
+/// module then parses them again for `value`, `id` and `url`.
+struct XmlReader<'i> {
+    r: Reader<&'i [u8]>,
+    ns: NamespaceResolver,
+    /// The scope of the last `Empty` or `End` element ends before the next event.
+    pending_pop: bool,
+}
+
+impl<'i> XmlReader<'i> {
+    fn from_str(text: &'i str) -> XmlReader<'i> {
+        XmlReader {
+            r: Reader::from_str(text),
+            ns: NamespaceResolver::default(),
+            pending_pop: false,
+        }
+    }
+
+    fn read_event(&mut self) -> quick_xml::Result<Event<'i>> {
+        if self.pending_pop {
+            self.ns.pop();
+            self.pending_pop = false;
+        }
+        let ev = self.r.read_event()?;
+        match &ev {
+            Event::Start(e) => self.push(e)?,
+            Event::Empty(e) => {
+                self.push(e)?;
+                self.pending_pop = true;
+            }
+            Event::End(_) => self.pending_pop = true,
+            _ => {}
+        }
+        Ok(ev)
+    }
+
+    fn push(&mut self, e: &BytesStart) -> quick_xml::Result<()> {
+        // A declaration is an attribute named `xmlns` or `xmlns:…`; names hold no references.
+        // (A byte loop: `str::contains` sets up a substring searcher for every tag.)
+        let raw = e.attributes_raw().as_bytes();
+        if raw
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'x' && raw.get(i + 1..i + 5) == Some(b"mlns"))
+        {
+            return Ok(self.ns.push(e)?);
+        }
+        let level = self.ns.level().checked_add(1).ok_or(
+            quick_xml::name::NamespaceError::TooDeeplyNested(usize::from(u16::MAX)),
+        )?;
+        self.ns.set_level(level);
+        Ok(())
+    }
+
+    fn resolver(&self) -> &NamespaceResolver {
+        &self.ns
+    }
+
+    fn buffer_position(&self) -> u64 {
+        self.r.buffer_position()
+    }
+
+    fn error_position(&self) -> u64 {
+        self.r.error_position()
+    }
+}
 
 /// Reads a FHIR XML document into the JSON form of the resource (not validated beyond what
 /// the XML form itself requires; run `validate::validate_resource` on the result).
@@ -1028,7 +1169,7 @@ fn read(model: &Model, text: &str) -> Res<Value> {
     let mut p = Parser {
         model,
         text,
-        r: NsReader::from_str(text),
+        r: XmlReader::from_str(text),
         element,
         extension,
         types: TypeCache::new(),
@@ -1111,7 +1252,7 @@ enum Ns {
 struct Parser<'i, 'm> {
     model: &'m Model,
     text: &'i str,
-    r: NsReader<&'i [u8]>,
+    r: XmlReader<'i>,
     element: &'m TypeDef,
     extension: &'m TypeDef,
     types: TypeCache<'m>,
@@ -1194,7 +1335,7 @@ impl<'i, 'm> Parser<'i, 'm> {
     }
 
     /// The value of an attribute, with entity problems reported at `at`.
-    fn attr_value(&self, a: &Attribute, at: &At, pos: usize) -> Res<String> {
+    fn attr_value<'a>(&self, a: &Attribute<'a>, at: &At, pos: usize) -> Res<Cow<'a, str>> {
         attribute_value(a).map_err(|p| match p {
             AttrProblem::Entity(w) => self.forbidden(Some(at), pos, &w),
             AttrProblem::Syntax(m) => self.syntax(pos, m),
@@ -1449,7 +1590,7 @@ impl<'i, 'm> Parser<'i, 'm> {
         }
         let mut partner = Map::new();
         if let Some(id) = id {
-            let id = Value::String(id);
+            let id = Value::String(id.into_owned());
             self.check(&at.child("id", None), pos, "string", &id)?;
             partner.insert("id".into(), id);
         }
@@ -1522,7 +1663,7 @@ impl<'i, 'm> Parser<'i, 'm> {
             if slot.is_some() {
                 return Err(self.duplicate(&a, pos));
             }
-            let v = Value::String(self.attr_value(&a, at, pos)?);
+            let v = Value::String(self.attr_value(&a, at, pos)?.into_owned());
             let ty = def.element(name).map_or("string", |(_, t)| t);
             self.check(&at.child(name, None), pos, ty, &v)?;
             *slot = Some(v);
@@ -1634,9 +1775,9 @@ fn flush(obj: &mut Map<String, Value>, run: &mut Option<Run>) {
 
 /// A `value` attribute as the JSON value of its type: booleans as JSON booleans, numbers as
 /// JSON numbers with the same lexical text, everything else as strings.
-fn to_json(ty: &str, lexical: String) -> Result<Value, String> {
+fn to_json(ty: &str, lexical: Cow<str>) -> Result<Value, String> {
     let v = match ty {
-        "boolean" => match lexical.as_str() {
+        "boolean" => match &*lexical {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
             _ => return Err(format!("`{lexical}` is not a boolean (true or false)")),
@@ -1648,9 +1789,11 @@ fn to_json(ty: &str, lexical: String) -> Result<Value, String> {
             serde_json::from_str::<Value>(&lexical)
                 .map_err(|_| format!("`{lexical}` is not a valid {ty}"))?
         }
-        // Free text has no lexical form beyond being non-empty: spare check_primitive's copy.
-        "string" | "markdown" if !lexical.is_empty() => return Ok(Value::String(lexical)),
-        _ => Value::String(lexical),
+        _ => {
+            // Checked before the one copy into the value.
+            check_lexical(ty, &lexical)?;
+            return Ok(Value::String(lexical.into_owned()));
+        }
     };
     check_primitive(ty, &v)?;
     Ok(v)
@@ -1751,7 +1894,7 @@ mod tests {
 
     /// Every element of the output is in the FHIR namespace, or the XHTML one inside a div.
     fn assert_namespaces(text: &str) {
-        let mut r = NsReader::from_str(text);
+        let mut r = quick_xml::reader::NsReader::from_str(text);
         let mut elements = 0;
         loop {
             match r.read_resolved_event().unwrap() {

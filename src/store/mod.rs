@@ -3,9 +3,12 @@
 //!
 //! - Reads run on a pool (many readers).
 //! - Writes run as jobs: a closure given a [`Tx`]. On SQLite one writer task runs the jobs of
-//!   all concurrent requests in one database transaction (each job in its own savepoint, so a
-//!   failing job rolls back alone; a job alone in its batch needs none) and replies only after
-//!   the single durable `COMMIT`: group commit. On PostgreSQL each job is its own transaction on a pooled connection; rows of the
+//!   all concurrent requests in one database transaction and replies only after the single
+//!   durable `COMMIT`: group commit. The rows of new resources are held back in a [`Batch`]
+//!   and written as a few multi-row INSERTs just before the COMMIT (each statement is a hop
+//!   to sqlx's worker thread, which was most of the cost); a failing job drops its held-back
+//!   rows, and what a job writes directly goes into its own savepoint, so a failing job rolls
+//!   back alone (a job alone in its batch needs none). On PostgreSQL each job is its own transaction on a pooled connection; rows of the
 //!   resources being changed are locked (`FOR UPDATE`), so concurrent writers serialise per
 //!   resource, and several gateways may share the database.
 //!
@@ -251,13 +254,16 @@ impl Store {
                     SqliteSynchronous::Normal
                 })
                 .busy_timeout(Duration::from_secs(10))
-                .pragma("cache_size", "-16000");
+                .pragma("cache_size", "-16000")
+                // Savepoints keep a statement journal: in memory rather than a temporary file
+                // written page by page. It is not part of crash recovery (the WAL is).
+                .pragma("temp_store", "MEMORY");
             let mut writer_conn = SqliteConnection::connect_with(&opts)
                 .await
                 .map_err(|e| open_err(&e))?;
             {
                 let now = clock.now();
-                let mut conn = Conn::Sqlite(&mut writer_conn);
+                let mut conn = Conn::Sqlite(&mut writer_conn, None);
                 schema::migrate(&mut conn, now).await?;
                 // Planner statistics, so that index lookups drive searches (sqlite.org/lang_analyze.html).
                 conn.execute_script("PRAGMA optimize=0x10002").await?;
@@ -333,7 +339,7 @@ impl Store {
         match &self.inner.backend {
             Backend::Sqlite { readers, .. } => {
                 let mut c = readers.acquire().await?;
-                f(&mut Conn::Sqlite(&mut c)).await
+                f(&mut Conn::Sqlite(&mut c, None)).await
             }
             Backend::Postgres { pool } => {
                 let mut c = pool.acquire().await?;
@@ -451,6 +457,9 @@ async fn sqlite_writer(
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut commits: u64 = 0;
+    // The next free `rid`: new resources are numbered here, since their rows are written only
+    // at the end of the batch. Read again after any batch that did not commit.
+    let mut next_rid: Option<i64> = None;
     while let Some(first) = rx.recv().await {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -472,21 +481,62 @@ async fn sqlite_writer(
             }
             continue;
         }
+        let first_rid = match next_rid {
+            Some(r) => Ok(r),
+            None => {
+                sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(rid), 0) + 1 FROM resources")
+                    .fetch_one(&mut conn)
+                    .await
+            }
+        };
+        let first_rid = match first_rid {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
+                let msg = e.to_string();
+                for job in batch.drain(..) {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Database(sqlx::Error::Protocol(
+                            msg.clone(),
+                        ))));
+                }
+                continue;
+            }
+        };
+        next_rid = None;
         let mut replies = Vec::with_capacity(batch.len());
         let mut written = Vec::new();
         // A job alone in its batch needs no savepoint: the transaction is its own.
-        let alone = batch.len() == 1;
+        let mut rows = Batch {
+            alone: batch.len() == 1,
+            next_rid: first_rid,
+            ..Batch::default()
+        };
         for job in batch.drain(..) {
-            let outcome = run_job(&mut conn, job.run, &*clock, &mut written, alone).await;
+            let outcome = run_job(&mut conn, job.run, &*clock, &mut written, &mut rows).await;
             results.push(outcome);
             replies.push(job.reply);
         }
-        let end = if alone && !matches!(results.first(), Some(Ok(Ok(_)))) {
-            "ROLLBACK"
+        let committed = if rows.alone && !matches!(results.first(), Some(Ok(Ok(_)))) {
+            sqlx::raw_sql("ROLLBACK").execute(&mut conn).await
         } else {
-            "COMMIT"
+            // The new rows of every successful job, then the one durable commit.
+            match rows.flush(&mut conn).await {
+                Err(StoreError::Database(e)) => Err(e),
+                Err(other) => Err(sqlx::Error::Protocol(other.to_string())),
+                Ok(()) if rows.broken => Err(sqlx::Error::Protocol(
+                    "rows of the batch could not be written".into(),
+                )),
+                Ok(()) => {
+                    let done = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
+                    if done.is_ok() {
+                        next_rid = Some(rows.next_rid);
+                    }
+                    done
+                }
+            }
         };
-        let committed = sqlx::raw_sql(end).execute(&mut conn).await;
         commits += 1;
         if commits.is_multiple_of(OPTIMIZE_EVERY) {
             // Statistics follow the data as it grows; cheap when nothing changed much.
@@ -514,24 +564,25 @@ async fn sqlite_writer(
     }
 }
 
-/// Runs one job inside the batch's transaction: in a savepoint, so that a failing job rolls
-/// back alone, unless it is `alone` in the batch (the caller then ends the transaction with
-/// ROLLBACK when it fails).
+/// Runs one job inside the batch's transaction. New resources it keeps stay in `rows.job`
+/// until the end of the batch; anything it writes to the database directly (an update, or
+/// its own rows flushed before a read) goes into `SAVEPOINT job`, so that a failing job rolls
+/// back alone; unless it is `rows.alone` in the batch (the caller then ends the transaction
+/// with ROLLBACK when it fails). A failing job's buffered rows are simply dropped.
 async fn run_job(
     conn: &mut SqliteConnection,
     run: JobFn,
     clock: &dyn Clock,
     written: &mut Vec<Stored>,
-    alone: bool,
+    rows: &mut Batch,
 ) -> Result<Result<Erased, Erased>, StoreError> {
-    if !alone {
-        sqlx::raw_sql("SAVEPOINT job").execute(&mut *conn).await?;
-    }
     let now = to_millis_precision(clock.now());
     let mut job_written = Vec::new();
+    rows.job.clear();
+    rows.savepoint = false;
     let outcome = {
         let mut tx = Tx {
-            conn: Conn::Sqlite(&mut *conn),
+            conn: Conn::Sqlite(&mut *conn, Some(&mut *rows)),
             now,
             written: Some(&mut job_written),
         };
@@ -549,19 +600,291 @@ async fn run_job(
     };
     if matches!(outcome, Ok(Ok(_))) {
         written.append(&mut job_written);
-    } else if !alone {
-        sqlx::raw_sql("ROLLBACK TO job").execute(&mut *conn).await?;
+        let mut job = std::mem::take(&mut rows.job);
+        rows.done.append(&mut job);
+    } else {
+        rows.job.clear();
+        if rows.savepoint {
+            sqlx::raw_sql("ROLLBACK TO job").execute(&mut *conn).await?;
+        }
     }
-    if !alone {
+    if rows.savepoint {
+        rows.savepoint = false;
         sqlx::raw_sql("RELEASE job").execute(&mut *conn).await?;
     }
     outcome
 }
 
+/// New resources kept by jobs of a SQLite batch and not yet written: their `resources`,
+/// `versions` and index rows.
+#[derive(Default)]
+struct Rows {
+    resources: Vec<NewResource>,
+    index: Vec<(i64, IndexRow)>,
+}
+
+struct NewResource {
+    rid: i64,
+    rtype: String,
+    id: String,
+    version: i64,
+    last_updated: Micros,
+    method: String,
+    body: Option<String>,
+}
+
+impl Rows {
+    fn is_empty(&self) -> bool {
+        self.resources.is_empty() && self.index.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.resources.clear();
+        self.index.clear();
+    }
+
+    fn append(&mut self, other: &mut Rows) {
+        self.resources.append(&mut other.resources);
+        self.index.append(&mut other.index);
+    }
+
+    fn has(&self, rtype: &str, id: &str) -> bool {
+        self.find(rtype, id).is_some()
+    }
+
+    fn find(&self, rtype: &str, id: &str) -> Option<&NewResource> {
+        self.resources
+            .iter()
+            .find(|r| r.rtype == rtype && r.id == id)
+    }
+
+    /// Writes the rows as multi-row INSERTs of fixed sizes (so that sqlx's statement cache,
+    /// keyed by the SQL text, keeps them prepared).
+    async fn write(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        for chunk in chunks(&self.resources) {
+            let sql = values_sql(
+                "INSERT INTO resources (rid, rtype, id, version, last_updated, deleted) VALUES ",
+                6,
+                chunk.len(),
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(r.rid)
+                    .bind(r.rtype.as_str())
+                    .bind(r.id.as_str())
+                    .bind(r.version)
+                    .bind(r.last_updated)
+                    .bind(r.body.is_none());
+            }
+            q.execute(&mut *conn).await?;
+            let sql = values_sql(
+                "INSERT INTO versions (rid, version, last_updated, method, body) VALUES ",
+                5,
+                chunk.len(),
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(r.rid)
+                    .bind(r.version)
+                    .bind(r.last_updated)
+                    .bind(r.method.as_str())
+                    .bind(r.body.as_deref());
+            }
+            q.execute(&mut *conn).await?;
+        }
+        let mut by_table: [Vec<(i64, &IndexRow)>; 6] = Default::default();
+        for (rid, row) in &self.index {
+            by_table[index_table(row).0].push((*rid, row));
+        }
+        for rows in &by_table {
+            for chunk in chunks(rows) {
+                let (_, head, columns) = index_table(chunk[0].1);
+                let sql = values_sql(head, columns, chunk.len());
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for (rid, row) in chunk {
+                    q = q.bind(*rid);
+                    q = match row {
+                        IndexRow::String { param, norm, exact } => q
+                            .bind(param.as_str())
+                            .bind(norm.as_str())
+                            .bind(exact.as_str()),
+                        IndexRow::Token {
+                            param,
+                            system,
+                            code,
+                        } => q
+                            .bind(param.as_str())
+                            .bind(system.as_str())
+                            .bind(code.as_str()),
+                        IndexRow::Reference {
+                            param,
+                            target_type,
+                            target_id,
+                        } => q
+                            .bind(param.as_str())
+                            .bind(target_type.as_str())
+                            .bind(target_id.as_str()),
+                        IndexRow::Date { param, lo, hi } => {
+                            q.bind(param.as_str()).bind(*lo).bind(*hi)
+                        }
+                        IndexRow::Number {
+                            param,
+                            lo,
+                            hi,
+                            system,
+                            code,
+                        } => q
+                            .bind(param.as_str())
+                            .bind(*lo)
+                            .bind(*hi)
+                            .bind(system.as_str())
+                            .bind(code.as_str()),
+                        IndexRow::Uri { param, value } => {
+                            q.bind(param.as_str()).bind(value.as_str())
+                        }
+                    };
+                }
+                q.execute(&mut *conn).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits rows into runs of 64, 32, …, 2 or 1 rows: few statements (7 rows are 4 + 2 + 1),
+/// and at most seven SQL texts per table, which sqlx keeps prepared.
+fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = [64, 32, 16, 8, 4, 2, 1]
+            .into_iter()
+            .find(|&n| rows.len() >= n)?;
+        let (head, rest) = rows.split_at(n);
+        rows = rest;
+        Some(head)
+    })
+}
+
+/// `head` followed by `rows` groups of `columns` placeholders.
+fn values_sql(head: &str, columns: usize, rows: usize) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(head.len() + rows * columns * 5);
+    sql.push_str(head);
+    let mut n = 0;
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            n += 1;
+            let _ = write!(sql, "{}${n}", if c == 0 { "" } else { ", " });
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// An index row's table (its slot among the six), INSERT head and column count (rid included).
+fn index_table(row: &IndexRow) -> (usize, &'static str, usize) {
+    match row {
+        IndexRow::String { .. } => (
+            0,
+            "INSERT INTO idx_string (rid, param, norm, exact) VALUES ",
+            4,
+        ),
+        IndexRow::Token { .. } => (
+            1,
+            "INSERT INTO idx_token (rid, param, system, code) VALUES ",
+            4,
+        ),
+        IndexRow::Reference { .. } => (
+            2,
+            "INSERT INTO idx_reference (rid, param, target_type, target_id) VALUES ",
+            4,
+        ),
+        IndexRow::Date { .. } => (3, "INSERT INTO idx_date (rid, param, lo, hi) VALUES ", 4),
+        IndexRow::Number { .. } => (
+            4,
+            "INSERT INTO idx_number (rid, param, lo, hi, system, code) VALUES ",
+            6,
+        ),
+        IndexRow::Uri { .. } => (5, "INSERT INTO idx_uri (rid, param, value) VALUES ", 3),
+    }
+}
+
+/// The SQLite writer's state during one batch (one transaction), lent to each job's `Tx`.
+#[derive(Default)]
+pub struct Batch {
+    /// Rows of the batch's finished, successful jobs, not yet written.
+    done: Rows,
+    /// Rows of the running job, not yet written (dropped if it fails).
+    job: Rows,
+    /// The running job is inside `SAVEPOINT job`.
+    savepoint: bool,
+    /// The batch has one job: no savepoint, a failure rolls the transaction back.
+    alone: bool,
+    /// The `rid` of the next new resource.
+    next_rid: i64,
+    /// Writing rows failed part way: the batch must not commit.
+    broken: bool,
+}
+
+impl Batch {
+    /// A new resource the batch holds back, as `current` would read it once written.
+    fn pending(&self, rtype: &str, id: &str) -> Option<Stored> {
+        let r = self
+            .job
+            .find(rtype, id)
+            .or_else(|| self.done.find(rtype, id))?;
+        Some(Stored {
+            rid: r.rid,
+            rtype: r.rtype.clone(),
+            id: r.id.clone(),
+            version: r.version,
+            last_updated: r.last_updated,
+            deleted: r.body.is_none(),
+            body: r.body.clone(),
+        })
+    }
+
+    /// Writes every pending row, so that the database shows what the batch has done so far
+    /// (before a job reads, or at the end of the batch). The running job's rows go inside
+    /// its savepoint.
+    async fn flush(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        let result = async {
+            if !self.done.is_empty() {
+                self.done.write(conn).await?;
+                self.done.clear();
+            }
+            if !self.job.is_empty() {
+                self.savepoint(conn).await?;
+                self.job.write(conn).await?;
+                self.job.clear();
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            self.broken = true;
+        }
+        result
+    }
+
+    /// Opens the running job's savepoint before it writes to the database directly.
+    async fn savepoint(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        if !self.alone && !self.savepoint {
+            sqlx::raw_sql("SAVEPOINT job").execute(&mut *conn).await?;
+            self.savepoint = true;
+        }
+        Ok(())
+    }
+}
+
 /// A connection of either engine. The SQL below is written once: `$n` placeholders and the
 /// types used (BIGINT, TEXT, BOOLEAN, DOUBLE) mean the same on both.
 pub enum Conn<'c> {
-    Sqlite(&'c mut SqliteConnection),
+    /// Inside the SQLite writer, with the batch whose new rows are not written yet: every
+    /// read writes them first (`sync`), so that a job sees what the batch did.
+    Sqlite(&'c mut SqliteConnection, Option<&'c mut Batch>),
     Pg(&'c mut PgConnection),
 }
 
@@ -569,7 +892,7 @@ pub enum Conn<'c> {
 macro_rules! on_conn {
     ($conn:expr, |$c:ident| $body:expr) => {
         match $conn {
-            Conn::Sqlite($c) => $body,
+            Conn::Sqlite($c, _) => $body,
             Conn::Pg($c) => $body,
         }
     };
@@ -613,9 +936,17 @@ where
 impl Conn<'_> {
     pub fn engine(&self) -> Engine {
         match self {
-            Conn::Sqlite(_) => Engine::Sqlite,
+            Conn::Sqlite(..) => Engine::Sqlite,
             Conn::Pg(_) => Engine::Postgres,
         }
+    }
+
+    /// Writes the rows the SQLite batch holds back, before a read (see [`Batch`]).
+    async fn sync(&mut self) -> Result<(), StoreError> {
+        if let Conn::Sqlite(c, Some(b)) = self {
+            b.flush(c).await?;
+        }
+        Ok(())
     }
 
     async fn execute_script(&mut self, sql: &str) -> Result<(), StoreError> {
@@ -659,6 +990,13 @@ impl Conn<'_> {
         id: &str,
         lock: bool,
     ) -> Result<Option<Stored>, StoreError> {
+        if let Conn::Sqlite(_, Some(b)) = self {
+            // The batch's pending rows are new resources only: one of them, or else the
+            // database already has the answer (no need to write them first).
+            if let Some(s) = b.pending(rtype, id) {
+                return Ok(Some(s));
+            }
+        }
         let lock_sql = if lock && matches!(self, Conn::Pg(_)) {
             " FOR UPDATE OF r"
         } else {
@@ -687,6 +1025,7 @@ impl Conn<'_> {
         id: &str,
         version: i64,
     ) -> Result<Option<Stored>, StoreError> {
+        self.sync().await?;
         let sql = "SELECT r.rid, r.rtype, r.id, v.version, v.last_updated, v.body IS NULL, v.body \
              FROM resources r JOIN versions v ON v.rid = r.rid \
              WHERE r.rtype = $1 AND r.id = $2 AND v.version = $3";
@@ -730,6 +1069,7 @@ impl Conn<'_> {
     }
 
     async fn fetch_stored(&mut self, sql: &query::Sql) -> Result<Vec<Stored>, StoreError> {
+        self.sync().await?;
         Ok(on_conn!(self, |c| {
             let q = bind_args!(sqlx::query(AssertSqlSafe(sql.text.as_str())), &sql.args);
             let rows = q.fetch_all(&mut **c).await?;
@@ -745,6 +1085,7 @@ impl Conn<'_> {
     }
 
     pub async fn count(&mut self, q: &Query) -> Result<i64, StoreError> {
+        self.sync().await?;
         let sql = query::select_count(q);
         Ok(on_conn!(self, |c| {
             let q = bind_args!(
@@ -765,6 +1106,7 @@ impl Conn<'_> {
         if rids.is_empty() {
             return Ok(Vec::new());
         }
+        self.sync().await?;
         let mut sql = query::Sql::default();
         sql.push("SELECT DISTINCT target_type, target_id FROM idx_reference WHERE param = ");
         sql.bind(Arg::Text(param.to_owned()));
@@ -833,6 +1175,7 @@ impl Conn<'_> {
         limit: usize,
         offset: usize,
     ) -> Result<(Vec<HistoryEntry>, i64), StoreError> {
+        self.sync().await?;
         let mut cond = query::Sql::default();
         cond.push(" WHERE 1 = 1");
         if let Some(t) = rtype {
@@ -944,6 +1287,36 @@ impl<'c> Tx<'c> {
         };
         let deleted = v.body.is_none();
         let now = self.now;
+        if let Conn::Sqlite(c, Some(b)) = &mut self.conn {
+            if v.previous.is_none() {
+                // A new resource: its rows wait for the end of the batch (or the next read).
+                // The single writer serialises everything, and whoever decided it was absent
+                // read the database after the earlier jobs' rows were written; only the batch's
+                // own pending rows can still hold the same name.
+                if b.done.has(v.rtype, v.id) || b.job.has(v.rtype, v.id) {
+                    return Err(conflict());
+                }
+                let rid = b.next_rid;
+                b.next_rid += 1;
+                b.job.resources.push(NewResource {
+                    rid,
+                    rtype: v.rtype.to_owned(),
+                    id: v.id.to_owned(),
+                    version: v.version,
+                    last_updated: now,
+                    method: v.method.to_owned(),
+                    body: v.body.map(str::to_owned),
+                });
+                b.job
+                    .index
+                    .extend(v.index.iter().map(|row| (rid, row.clone())));
+                return Ok(self.kept(rid, &v, now));
+            }
+            // A change of a stored resource is written now, after what the batch holds back,
+            // inside the job's savepoint.
+            b.flush(c).await?;
+            b.savepoint(c).await?;
+        }
         let rid = match v.previous {
             None => {
                 let sql = "INSERT INTO resources (rtype, id, version, last_updated, deleted) \
@@ -999,19 +1372,24 @@ impl<'c> Tx<'c> {
             self.clear_index(rid).await?;
         }
         self.insert_index(rid, v.index).await?;
+        Ok(self.kept(rid, &v, now))
+    }
+
+    /// The row `put` kept, noted for the read cache.
+    fn kept(&mut self, rid: i64, v: &NewVersion<'_>, now: Micros) -> Stored {
         let stored = Stored {
             rid,
             rtype: v.rtype.to_owned(),
             id: v.id.to_owned(),
             version: v.version,
             last_updated: now,
-            deleted,
+            deleted: v.body.is_none(),
             body: v.body.map(str::to_owned),
         };
         if let Some(w) = self.written.as_mut() {
             w.push(stored.clone());
         }
-        Ok(stored)
+        stored
     }
 
     async fn clear_index(&mut self, rid: i64) -> Result<(), StoreError> {
