@@ -21,6 +21,8 @@ fn help_for_every_subcommand() {
         &["--help"][..],
         &["serve", "--help"],
         &["migrate", "--help"],
+        &["ror", "--help"],
+        &["ror", "sync", "--help"],
     ] {
         let out = passerelle().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

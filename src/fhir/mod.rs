@@ -30,10 +30,17 @@ use search::registry::{Registry, RegistryError};
 
 /// The conformance data shipped in `conformance/`, compiled in.
 const CAPABILITY: &str = include_str!("../../conformance/CapabilityStatement.json");
-pub(crate) const SEARCH_PARAMETERS: &[(&str, &str)] = &[(
-    "search-parameters-r4.json",
-    include_str!("../../conformance/search-parameters-r4.json"),
-)];
+pub(crate) const SEARCH_PARAMETERS: &[(&str, &str)] = &[
+    (
+        "search-parameters-r4.json",
+        include_str!("../../conformance/search-parameters-r4.json"),
+    ),
+    // the directory (ROR): module, available beds
+    (
+        "search-parameters-directory.json",
+        include_str!("../../conformance/search-parameters-directory.json"),
+    ),
+];
 
 pub(crate) fn parse_conformance(file: &str, text: &str) -> Result<Value, RegistryError> {
     serde_json::from_str::<Value>(text).map_err(|e| RegistryError::File {

@@ -14,6 +14,8 @@
 
 mod query;
 mod schema;
+mod sync_state;
+pub use sync_state::SyncState;
 
 use std::any::Any;
 use std::str::FromStr;

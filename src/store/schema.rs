@@ -10,12 +10,20 @@ struct Migration {
     postgres: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "resources",
-    sqlite: include_str!("../../migrations/sqlite/0001_resources.sql"),
-    postgres: include_str!("../../migrations/postgres/0001_resources.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "resources",
+        sqlite: include_str!("../../migrations/sqlite/0001_resources.sql"),
+        postgres: include_str!("../../migrations/postgres/0001_resources.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "sync_state",
+        sqlite: include_str!("../../migrations/sqlite/0002_sync_state.sql"),
+        postgres: include_str!("../../migrations/postgres/0002_sync_state.sql"),
+    },
+];
 
 /// Applies the missing migrations; returns how many ran.
 pub(super) async fn migrate(conn: &mut Conn<'_>, now: i64) -> Result<usize, StoreError> {
