@@ -441,6 +441,41 @@ on_engines!(directory_search_for_prescribers, |gw| {
         ),
         ["ror-hs-4", "ror-hs-8"]
     );
+    // distance from a point: unit i is i/1000 degree of latitude north of 48.85|2.35
+    let near = sorted(
+        gw.search_ids("Location?near=48.85|2.35|0.5|km&_count=50")
+            .await,
+    );
+    assert_eq!(
+        near,
+        [
+            "ror-loc-0",
+            "ror-loc-1",
+            "ror-loc-2",
+            "ror-loc-3",
+            "ror-loc-4"
+        ]
+    );
+    assert_eq!(
+        gw.search_ids("Location?near=48.85|2.35|500|m").await.len(),
+        5
+    );
+    assert_eq!(
+        gw.search_ids("Location?near=48.85|2.35|1.2").await.len(),
+        11
+    );
+    assert_eq!(
+        gw.search_ids("Location?near=43.3|5.4|100|km").await.len(),
+        0
+    );
+    assert_eq!(
+        sorted(
+            gw.search_ids("HealthcareService?location.near=48.85|2.35|0.5|km&module=SMR")
+                .await
+        ),
+        ["ror-hs-0", "ror-hs-4"]
+    );
+    gw.get("Location?near=north").await.expect(400);
     let loc = gw.get("Location/ror-loc-5").await.expect(200).json();
     let beds: Vec<&Value> = loc["extension"]
         .as_array()
