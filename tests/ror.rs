@@ -508,3 +508,57 @@ async fn two_syncs_at_once_take_turns() {
         .unwrap();
     s.sync(&gw, Mode::Full).await.expect("free again");
 }
+
+/// The real binary: `passerelle ror sync` configured by environment, its summary and its
+/// list of malformed resources on stderr, and never the secret, even at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_syncs_and_reports() {
+    let mut ror = standin_data(4);
+    ror.put(json!({"resourceType": "HealthcareService", "id": "bad-1", "name": 12}));
+    let s = Standin::start(ror).await;
+    let (url, _guard) = common::fresh_database(common::Engine::Sqlite)
+        .await
+        .unwrap();
+    let c = s.config();
+    let run = move |args: &'static [&'static str]| {
+        let c = c.clone();
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
+                .args(args)
+                .env_remove("PASSERELLE_CONFIG")
+                .env("DATABASE_URL", url)
+                .env("PASSERELLE_LOG", "debug")
+                .env("PASSERELLE_ROR__BASE_URL", c.base_url.unwrap())
+                .env("PASSERELLE_ROR__TOKEN_URL", c.token_url.unwrap())
+                .env("PASSERELLE_ROR__CLIENT_ID", ror_standin::CLIENT_ID)
+                .env("PASSERELLE_ROR__CLIENT_SECRET", ror_standin::CLIENT_SECRET)
+                .env("PASSERELLE_ROR__USER_PROFILE_CODE", ror_standin::PROFILE)
+                .env("PASSERELLE_ROR__BUSINESS_ROLE_CODE", ror_standin::ROLE)
+                .env("PASSERELLE_ROR__USE_EXPORT", "false")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["ror", "sync", "--full"]).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("full sync: fetched") && err.contains("created 15"),
+        "{err}"
+    );
+    assert!(err.contains("malformed HealthcareService/bad-1"), "{err}");
+    assert!(
+        !err.contains(ror_standin::CLIENT_SECRET),
+        "the secret leaked: {err}"
+    );
+    assert!(!err.contains("tok-1"), "the token leaked");
+    let out = run(&["ror", "sync"]).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("delta sync: fetched 0"),
+        "{err}"
+    );
+    let out = run(&["ror", "sync", "--full", "--delta"]).await.unwrap();
+    assert!(!out.status.success());
+}
