@@ -134,8 +134,10 @@ pub fn install_crypto_provider() {
 impl RorClient {
     pub fn new(settings: Settings) -> Result<RorClient, ClientError> {
         install_crypto_provider();
+        // `timeout` bounds each request whole, except the downloads of export files, which
+        // may take long: those are bounded per read (`read_timeout`) instead.
         let mut b = reqwest::Client::builder()
-            .timeout(settings.timeout)
+            .read_timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(30)))
             .user_agent(concat!("passerelle/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &settings.identity_pem {
@@ -205,6 +207,7 @@ impl RorClient {
                 .header("content-type", "application/x-www-form-urlencoded")
                 .header("accept", "application/json")
                 .body(body.clone())
+                .timeout(s.timeout)
                 .send()
                 .await;
             let retry_after = match &sent {
@@ -254,6 +257,18 @@ impl RorClient {
         url: &str,
         prefer_async: bool,
     ) -> Result<reqwest::Response, ClientError> {
+        self.send_with(method, url, prefer_async, true).await
+    }
+
+    /// `send`, with or without the whole-request timeout (a streamed download has only
+    /// the per-read one).
+    async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        prefer_async: bool,
+        whole_timeout: bool,
+    ) -> Result<reqwest::Response, ClientError> {
         let s = &self.settings;
         let mut attempt = 0;
         let mut renewed = false;
@@ -270,6 +285,9 @@ impl RorClient {
                 .header("Ror-Role-Metier-System", ROLE_SYSTEM);
             if prefer_async {
                 req = req.header("prefer", "respond-async");
+            }
+            if whole_timeout {
+                req = req.timeout(s.timeout);
             }
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             let (retry_after, why) = match req.send().await {
@@ -372,7 +390,7 @@ impl RorClient {
 
     /// Opens an export output file to read line by line, without holding it in memory.
     pub async fn open_lines(&self, url: &str) -> Result<Lines, ClientError> {
-        let r = self.send(Method::GET, url, false).await?;
+        let r = self.send_with(Method::GET, url, false, false).await?;
         Ok(Lines {
             url: url.to_owned(),
             response: r,
