@@ -7,6 +7,7 @@
 # Environment (all optional):
 #   ROR_UNITS=100000        offers served (each with 1 OI, 1/2 EG, 1/4 EJ, 1 Location)
 #   ROR_ROUTE=export        export ($export, ndjson streamed) or paging (searches, _count=200)
+#   ROR_RUNS="first unchanged"  which runs (the second finds nothing changed)
 #   ROR_ENGINE=sqlite       sqlite, or postgres (a fresh database on BENCH_PGHOST:5432)
 #   BENCH_SKIP_BUILD=1      use target/release/passerelle as it is
 #   CARGO_TARGET_DIR        where the release build goes (default target/)
@@ -51,7 +52,7 @@ export PASSERELLE_ROR__USE_EXPORT=$([ "$ROUTE" = export ] && echo true || echo f
 export PASSERELLE_ROR__EXPORT_POLL_MS=100 PASSERELLE_LOG=warn
 unset PASSERELLE_CONFIG
 echo "ROR sync bench: $UNITS units, route $ROUTE, $ENGINE, $(nproc) cores, $(date -u +%F)"
-for run in first unchanged; do
+for run in ${ROR_RUNS:-first unchanged}; do
   /usr/bin/time -v "$BIN" ror sync --full 2>"$WORK/$run.log" || { cat "$WORK/$run.log"; exit 1; }
   wall=$(sed -n 's/.*Elapsed (wall clock) time.*: //p' "$WORK/$run.log")
   rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$WORK/$run.log")
