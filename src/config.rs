@@ -50,6 +50,160 @@ pub struct Config {
     pub psc: Option<PscConfig>,
     /// Gateway tokens and system clients (`[auth]`, `[[auth.clients]]`).
     pub auth: AuthConfig,
+    /// The ROR directory synchronisation (`[ror]`); off while `base_url` is unset.
+    pub ror: RorConfig,
+}
+
+/// `[ror]`: where and how the directory is pulled from the ROR (contract §5, §7).
+/// Secrets (`client_secret`) are never logged: `Debug` hides them.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RorConfig {
+    /// FHIR base of the ROR, e.g. `https://api-fhir.ror.esante.gouv.fr/ws-diffusion-fhir`.
+    pub base_url: Option<String>,
+    /// OAuth2 token endpoint (client credentials).
+    pub token_url: Option<String>,
+    #[serde(deserialize_with = "text_or_number")]
+    pub client_id: Option<String>,
+    #[serde(deserialize_with = "text_or_number")]
+    pub client_secret: Option<String>,
+    /// A file holding the client secret (first line), instead of `client_secret`.
+    pub client_secret_file: Option<PathBuf>,
+    /// Mutual TLS: PEM certificate and key (IGC-Santé ORG/AUTH_CLI).
+    pub tls_client_cert: Option<PathBuf>,
+    pub tls_client_key: Option<PathBuf>,
+    /// Extra trusted roots (PEM), e.g. the IGC-Santé chain.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Value of `Ror-Profil-Utilisateur-Code` (e.g. `CU20`).
+    #[serde(deserialize_with = "text_or_number")]
+    pub user_profile_code: Option<String>,
+    /// Value of `Ror-Role-Metier-Code` (e.g. `AUTOMATE`).
+    #[serde(deserialize_with = "text_or_number")]
+    pub business_role_code: Option<String>,
+    /// Region code (TRE_R30) to restrict the sync to; all regions when unset.
+    #[serde(deserialize_with = "text_or_number")]
+    pub region: Option<String>,
+    /// When the server runs a delta sync: `daily HH:MM` (UTC).
+    pub delta_schedule: String,
+    /// When the server runs a full sync: `weekly DAY HH:MM` or `daily HH:MM` (UTC).
+    pub full_schedule: String,
+    /// The mapping file (default: the `mappings/ror.json` compiled into the binary).
+    pub mapping_file: Option<PathBuf>,
+    /// Full syncs through the bulk `$export` route (true) or by paging searches (false).
+    pub use_export: bool,
+    /// `_count` asked of the ROR per page.
+    pub page_size: usize,
+    /// Timeout of one HTTP request, in seconds.
+    pub timeout_seconds: u64,
+    /// Attempts after the first on 429, 5xx and network errors.
+    pub max_retries: u32,
+    /// First back-off delay (doubled at each retry) and the cap of any delay, `Retry-After`
+    /// included, in milliseconds.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Delay between two polls of a `$export` job, in milliseconds (or its `Retry-After`,
+    /// capped by `retry_max_ms`).
+    pub export_poll_ms: u64,
+}
+
+impl Default for RorConfig {
+    fn default() -> Self {
+        RorConfig {
+            base_url: None,
+            token_url: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            tls_client_cert: None,
+            tls_client_key: None,
+            tls_ca_file: None,
+            user_profile_code: None,
+            business_role_code: None,
+            region: None,
+            delta_schedule: "daily 03:00".into(),
+            full_schedule: "weekly sun 01:00".into(),
+            mapping_file: None,
+            use_export: true,
+            page_size: 200,
+            timeout_seconds: 60,
+            max_retries: 5,
+            retry_base_ms: 1000,
+            retry_max_ms: 60_000,
+            export_poll_ms: 5000,
+        }
+    }
+}
+
+impl std::fmt::Debug for RorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RorConfig")
+            .field("base_url", &self.base_url)
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<hidden>"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("tls_client_cert", &self.tls_client_cert)
+            .field("region", &self.region)
+            .field("delta_schedule", &self.delta_schedule)
+            .field("full_schedule", &self.full_schedule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RorConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: format!("ror.{key}"),
+            message,
+        };
+        for (key, url) in [("base_url", &self.base_url), ("token_url", &self.token_url)] {
+            if let Some(u) = url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(invalid(key, format!("`{u}` is not an http(s) URL")));
+            }
+        }
+        if self.base_url.is_some() {
+            for (key, v) in [
+                ("token_url", self.token_url.is_some()),
+                ("client_id", self.client_id.is_some()),
+                ("user_profile_code", self.user_profile_code.is_some()),
+                ("business_role_code", self.business_role_code.is_some()),
+            ] {
+                if !v {
+                    return Err(invalid(key, "required when ror.base_url is set".into()));
+                }
+            }
+            let mtls = self.tls_client_cert.is_some() && self.tls_client_key.is_some();
+            if self.client_secret.is_none() && self.client_secret_file.is_none() && !mtls {
+                return Err(invalid(
+                    "client_secret",
+                    "set client_secret, client_secret_file, or tls_client_cert and tls_client_key"
+                        .into(),
+                ));
+            }
+        }
+        if self.tls_client_cert.is_some() != self.tls_client_key.is_some() {
+            return Err(invalid(
+                "tls_client_key",
+                "tls_client_cert and tls_client_key go together".into(),
+            ));
+        }
+        if self.page_size == 0 {
+            return Err(invalid("page_size", "must be at least 1".into()));
+        }
+        for (key, text) in [
+            ("delta_schedule", &self.delta_schedule),
+            ("full_schedule", &self.full_schedule),
+        ] {
+            crate::directory::schedule::Schedule::parse(text)
+                .map_err(|message| invalid(key, message))?;
+        }
+        Ok(())
+    }
 }
 
 /// `[psc]`: the Pro Santé Connect client (contract §7, french-specs §1).
@@ -209,6 +363,7 @@ impl Default for Config {
             workflow: WorkflowConfig::default(),
             psc: None,
             auth: AuthConfig::default(),
+            ror: RorConfig::default(),
         }
     }
 }
@@ -313,6 +468,7 @@ impl Config {
                 });
             }
         }
+        self.ror.check()?;
         if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
             return Err(ConfigError::Invalid {
                 key: "default_page_size".into(),
@@ -330,6 +486,20 @@ impl Config {
     }
 }
 
+/// A text key that an environment variable may have typed as a number (`PASSERELLE_ROR__REGION=11`).
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+    }
+    Ok(Option::<Text>::deserialize(d)?.map(|t| match t {
+        Text::S(s) => s,
+        Text::I(i) => i.to_string(),
+    }))
+}
+
 /// Puts an environment value at a `a__b` path, typed like the TOML literal it spells
 /// (numbers and booleans), a string otherwise.
 fn set_path(table: &mut toml::Table, key: &str, raw: &str) {
@@ -337,8 +507,13 @@ fn set_path(table: &mut toml::Table, key: &str, raw: &str) {
     let mut current = table;
     while let Some(part) = parts.next() {
         if parts.peek().is_none() {
+            // `06` is not a TOML integer (no leading zeros): a code stays text.
+            let leading_zero = raw.len() > 1 && raw.starts_with('0');
             let value = raw
                 .parse::<i64>()
+                .ok()
+                .filter(|_| !leading_zero)
+                .ok_or(())
                 .map(toml::Value::Integer)
                 .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
                 .unwrap_or_else(|_| toml::Value::String(raw.to_owned()));
@@ -410,5 +585,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("database_url"), "{e}");
+    }
+
+    #[test]
+    fn ror_section_from_file_and_environment() {
+        let c = Config::load_with_env(
+            None,
+            &env(&[
+                ("PASSERELLE_ROR__BASE_URL", "https://ror.example/fhir"),
+                ("PASSERELLE_ROR__TOKEN_URL", "https://auth.example/token"),
+                ("PASSERELLE_ROR__CLIENT_ID", "me"),
+                ("PASSERELLE_ROR__CLIENT_SECRET", "12345"),
+                ("PASSERELLE_ROR__USER_PROFILE_CODE", "CU20"),
+                ("PASSERELLE_ROR__BUSINESS_ROLE_CODE", "AUTOMATE"),
+                ("PASSERELLE_ROR__REGION", "06"),
+                ("PASSERELLE_ROR__MAX_RETRIES", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.ror.region.as_deref(), Some("06"), "a code keeps its zero");
+        assert_eq!(c.ror.client_secret.as_deref(), Some("12345"));
+        assert_eq!(c.ror.max_retries, 2);
+        assert!(
+            !format!("{:?}", c.ror).contains("12345"),
+            "secrets stay out of Debug"
+        );
+        let e = Config::load_with_env(
+            None,
+            &env(&[("PASSERELLE_ROR__BASE_URL", "https://ror.example/fhir")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ror.token_url"), "{e}");
+        let e = Config::load_with_env(None, &env(&[("PASSERELLE_ROR__DELTA_SCHEDULE", "hourly")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ror.delta_schedule"), "{e}");
     }
 }

@@ -6,6 +6,8 @@
 //!   PostgreSQL). It knows SQL, not FHIR rules.
 //! - [`fhir`] is the FHIR R4 server: the base model and structural validation, search
 //!   parameters and their extraction, the REST interactions, Bundles, patches, conformance.
+//! - [`directory`] synchronises the ROR (units, organisations, places) into the store
+//!   through the FHIR layer, on demand (`passerelle ror sync`) or on a schedule.
 //! - [`server`] assembles the HTTP application (router, middleware, operations endpoints) and
 //!   runs it with graceful shutdown.
 //!
@@ -15,6 +17,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod directory;
 pub mod export;
 pub mod fhir;
 pub mod observe;

@@ -34,6 +34,28 @@ enum Command {
     /// state, made through the real rules and timers over the last four months. Refuses a
     /// database that already holds it. Stop the gateway first when it uses a SQLite file.
     Demo(DemoArgs),
+    /// The ROR directory (configured in `[ror]`).
+    Ror {
+        #[command(subcommand)]
+        command: RorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RorCommand {
+    /// Pull units, organisations and places from the ROR into the directory, then exit.
+    /// Without --full or --delta: a delta if a sync completed before, else a full sync.
+    Sync {
+        /// Everything (the `$export` route or full paging); closes what the ROR no longer lists.
+        #[arg(long, conflicts_with = "delta")]
+        full: bool,
+        /// Only what changed since the last completed sync (`_lastUpdated`).
+        #[arg(long)]
+        delta: bool,
+        /// Only this region (TRE_R30 code, e.g. 11); overrides `ror.region`.
+        #[arg(long, value_name = "CODE")]
+        region: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -57,6 +79,40 @@ fn init_logs(json: bool, default: &str) {
     } else {
         builder.init();
     }
+}
+
+async fn ror_sync(config: Config, full: bool, region: Option<String>) -> Result<(), String> {
+    use passerelle::directory::{Directory, sync};
+    let (directory, client) = Directory::from_config(&config.ror).map_err(|e| e.to_string())?;
+    let client = client.ok_or("`ror.base_url` is not configured (see README: ROR directory)")?;
+    let base = config
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    let app = passerelle::server::App::open(&config, base, Arc::new(SystemClock))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mode = if full {
+        sync::Mode::Full
+    } else {
+        sync::Mode::Delta
+    };
+    let owner = format!("cli-{}", std::process::id());
+    let mut opts = directory.options(mode, &owner, true);
+    if region.is_some() {
+        opts.region = region;
+    }
+    let report = sync::run(&app.fhir, &client, &directory.mapping, &opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("passerelle: {}", report.summary());
+    for (id, why) in &report.malformed {
+        eprintln!("passerelle: malformed {id}: {why}");
+    }
+    for (id, code) in &report.unknown_codes {
+        eprintln!("passerelle: unknown code in {id}: {code}");
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -113,6 +169,14 @@ fn main() -> ExitCode {
                     })
                     .map_err(|e| e.to_string())
             }
+            Command::Ror {
+                command:
+                    RorCommand::Sync {
+                        full,
+                        delta: _,
+                        region,
+                    },
+            } => ror_sync(config, full, region).await,
         }
     });
     match result {

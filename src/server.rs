@@ -41,6 +41,8 @@ pub enum ServeError {
     Auth(String),
     #[error("cannot publish the conformance resources: {0}")]
     Publish(String),
+    #[error(transparent)]
+    Directory(#[from] crate::directory::DirectoryError),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -189,7 +191,17 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .base_url
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
+    // the mapping is checked at start, even when no sync is configured
+    let (directory, ror) = crate::directory::Directory::from_config(&config.ror)?;
     let app = App::open(&config, base.clone(), Arc::new(SystemClock)).await?;
+    if let Some(client) = ror {
+        tracing::info!(ror = %client.base(), "ror: directory synchronisation scheduled");
+        tokio::spawn(crate::directory::schedule::run_forever(
+            app.fhir.clone(),
+            directory,
+            client,
+        ));
+    }
     let router = app.router(config.max_body_bytes);
     if config.workflow.timer_interval_seconds > 0 {
         crate::workflow::timers::spawn(

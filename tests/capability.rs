@@ -77,6 +77,7 @@ fn sample_value(kind: &str) -> &'static str {
         "reference" => "Patient/x",
         "uri" => "http://example.org/x",
         "number" | "quantity" => "1",
+        "special" => "48.85|2.35|10|km", // Location?near
         _ => "x",
     }
 }
@@ -308,6 +309,8 @@ on_both_engines!(
                             passerelle::time::format_instant(*lo).get(..10).unwrap()
                         ),
                     ),
+                    // `near` rows come in lat/long pairs (tests/ror.rs searches them)
+                    IndexRow::Number { param, .. } if param.ends_with(".near") => continue,
                     IndexRow::Number { param, lo, hi, .. } => {
                         (param, format!("ge{}", (lo + hi) / 2.0 - 1.0))
                     }

@@ -22,6 +22,8 @@ fn help_for_every_subcommand() {
         &["serve", "--help"],
         &["migrate", "--help"],
         &["demo", "--help"],
+        &["ror", "--help"],
+        &["ror", "sync", "--help"],
     ] {
         let out = passerelle().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

@@ -43,7 +43,7 @@ async fn crash_safety(engine: common::Engine) {
     for w in 0..8 {
         let (base, stop) = (base.clone(), stop.clone());
         writers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = common::http_client();
             let mut acknowledged = Vec::new();
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) && i < 5000 {
@@ -69,7 +69,7 @@ async fn crash_safety(engine: common::Engine) {
         }));
     }
     // kill once a good number of creates were acknowledged, while writers are still going
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     wait_for_tasks(&client, &base, 300).await;
     server.kill();
     stop.store(true, Ordering::SeqCst);
@@ -209,7 +209,7 @@ async fn sigterm_finishes_requests_under_way() {
     for w in 0..4 {
         let base = base.clone();
         writers.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = common::http_client();
             let mut ok = Vec::new();
             for i in 0..400 {
                 let body = json!({"resourceType": "Task", "status": "requested", "intent": "order", "description": format!("{w}-{i}")});
@@ -227,7 +227,7 @@ async fn sigterm_finishes_requests_under_way() {
             ok
         }));
     }
-    let client = reqwest::Client::new();
+    let client = common::http_client();
     wait_for_tasks(&client, &base, 100).await;
     let pid = server.child.id().to_string();
     let killed = std::process::Command::new("kill")

@@ -29,6 +29,8 @@ TYPES = {
     "ValueSet": READ_ONLY,
 }
 COMMON = ["_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"]
+# The special parameters the server runs (src/fhir/search/mod.rs `near`).
+SPECIAL = {"http://hl7.org/fhir/SearchParameter/Location-near"}
 # Expressions outside the FHIRPath subset the server evaluates (src/fhir/search/fhirpath.rs).
 UNSUPPORTED = ("exists()", "extension(", "!=", " and ", "resolve()).", "[")
 
@@ -43,7 +45,9 @@ resources = []
 for rtype, interactions in TYPES.items():
     params, includes = [], []
     for d in defs:
-        if rtype not in d["base"] or d["type"] in ("composite", "special"):
+        if rtype not in d["base"] or d["type"] == "composite":
+            continue
+        if d["type"] == "special" and d["url"] not in SPECIAL:
             continue
         if any(u in d.get("expression", "") for u in UNSUPPORTED):
             continue

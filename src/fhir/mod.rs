@@ -39,6 +39,11 @@ pub(crate) const SEARCH_PARAMETERS: &[(&str, &str)] = &[
         "search-parameters-workflow.json",
         include_str!("../../conformance/search-parameters-workflow.json"),
     ),
+    // the directory (ROR): module, available beds
+    (
+        "search-parameters-directory.json",
+        include_str!("../../conformance/search-parameters-directory.json"),
+    ),
 ];
 
 pub(crate) fn parse_conformance(file: &str, text: &str) -> Result<Value, RegistryError> {

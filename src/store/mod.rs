@@ -17,6 +17,7 @@
 
 mod query;
 mod schema;
+pub use sync_state::SyncState;
 
 use std::any::Any;
 use std::str::FromStr;
@@ -897,6 +898,9 @@ macro_rules! on_conn {
         }
     };
 }
+
+// after `on_conn!`, which it uses
+mod sync_state;
 
 macro_rules! bind_args {
     ($q:expr, $args:expr) => {{

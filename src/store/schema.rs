@@ -23,6 +23,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0002_counters.sql"),
         postgres: include_str!("../../migrations/postgres/0002_counters.sql"),
     },
+    Migration {
+        version: 3,
+        name: "sync_state",
+        sqlite: include_str!("../../migrations/sqlite/0003_sync_state.sql"),
+        postgres: include_str!("../../migrations/postgres/0003_sync_state.sql"),
+    },
 ];
 
 /// Applies the missing migrations; returns how many ran.

@@ -2,6 +2,8 @@
 //! PostgreSQL (a fresh schema in `TEST_DATABASE_URL`), spoken to over HTTP.
 #![allow(dead_code)]
 
+pub mod ror_standin;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -78,6 +80,13 @@ impl Drop for Guard {
             }
         }
     }
+}
+
+/// A reqwest client. The gateway's reqwest has no default TLS crypto provider (it is built
+/// with rustls on ring, installed by the ROR client): install it first.
+pub fn http_client() -> reqwest::Client {
+    passerelle::directory::client::install_crypto_provider();
+    reqwest::Client::new()
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -185,7 +194,7 @@ pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
     });
     Some(Gateway {
         base: format!("{base}/fhir"),
-        client: reqwest::Client::new(),
+        client: http_client(),
         app,
         engine,
         format: opts.format,
@@ -497,7 +506,7 @@ impl Process {
     /// Polls `/ready` (bounded: 30 s) — start-up time is not what is under test.
     async fn wait_ready(&mut self) {
         let url = format!("http://127.0.0.1:{}/ready", self.port);
-        let client = reqwest::Client::new();
+        let client = http_client();
         for _ in 0..600 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("passerelle exited at start: {status}");

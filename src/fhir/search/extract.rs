@@ -230,7 +230,24 @@ fn rows_of(p: &SearchParam, n: Node<'_, '_>, rows: &mut Vec<IndexRow>) {
                 });
             }
         }
-        ParamKind::Special => {}
+        ParamKind::Special => {
+            // `near` (Location.position): latitude and longitude as two number rows, coded
+            // `lat` and `long`, that a `Filter::Near` pairs up
+            if let (Some(lat), Some(long)) = (
+                v.get("latitude").and_then(Value::as_f64),
+                v.get("longitude").and_then(Value::as_f64),
+            ) {
+                for (code, x) in [("lat", lat), ("long", long)] {
+                    rows.push(IndexRow::Number {
+                        param: p.key.clone(),
+                        lo: x,
+                        hi: x,
+                        system: String::new(),
+                        code: code.to_owned(),
+                    });
+                }
+            }
+        }
     }
 }
 

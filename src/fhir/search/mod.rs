@@ -512,8 +512,49 @@ fn value_filter(
             }
             Ok(has(Table::Number, checks))
         }
+        ParamKind::Special if p.code == "near" && modifier.is_none() => near(p, v),
         ParamKind::Special => Err(format!("`{}` is not supported", p.code)),
     }
+}
+
+/// Default radius of `near` without a distance, in km.
+pub const NEAR_DEFAULT_KM: f64 = 50.0;
+
+/// `near=lat|long|distance|unit` (unit `km` by default, or `m`, `[mi_i]`, `[mi_us]`).
+fn near(p: &Arc<SearchParam>, v: &str) -> Result<Filter, String> {
+    let parts: Vec<&str> = v.split('|').collect();
+    let num = |i: usize, what: &str| -> Result<Option<f64>, String> {
+        match parts.get(i).filter(|s| !s.is_empty()) {
+            None => Ok(None),
+            Some(t) => t
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .map(Some)
+                .ok_or_else(|| format!("`near`: `{t}` is not a {what}")),
+        }
+    };
+    let lat = num(0, "latitude")?.ok_or("`near` needs latitude|longitude[|distance|unit]")?;
+    let long = num(1, "longitude")?.ok_or("`near` needs latitude|longitude[|distance|unit]")?;
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&long) {
+        return Err("`near`: latitude or longitude out of range".into());
+    }
+    let distance = num(2, "distance")?.unwrap_or(NEAR_DEFAULT_KM);
+    let km = match parts.get(3).copied().unwrap_or("km") {
+        "" | "km" => distance,
+        "m" => distance / 1000.0,
+        "[mi_i]" | "[mi_us]" | "mi" => distance * 1.609_344,
+        u => return Err(format!("`near`: unit `{u}` is not one of km, m, [mi_i]")),
+    };
+    if km < 0.0 {
+        return Err("`near`: the distance must not be negative".into());
+    }
+    Ok(Filter::Near {
+        param: p.key.clone(),
+        lat,
+        long,
+        km,
+    })
 }
 
 use store::Arg;

@@ -1,0 +1,480 @@
+//! A stand-in of the ROR FHIR API on loopback, for the directory tests: an OAuth2 token
+//! endpoint (client credentials, tokens that can be made to expire), the four `Ror-*`
+//! headers checked on every FHIR call (401/403 otherwise), searches paged by `link next`
+//! with `_lastUpdated`, `_tag` and the `_include`s of the ROR, the bulk `$export` route
+//! (202, `Content-Location`, polling, ndjson files), and faults to inject.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub const CLIENT_ID: &str = "passerelle";
+pub const CLIENT_SECRET: &str = "s3cret-never-logged";
+pub const PROFILE: &str = "CU20";
+pub const ROLE: &str = "AUTOMATE";
+pub const REGION_SYSTEM: &str =
+    "https://mos.esante.gouv.fr/NOS/TRE_R30-RegionOM/FHIR/TRE-R30-RegionOM";
+pub const OLD: &str = "2026-01-01T00:00:00Z";
+
+#[derive(Default)]
+pub struct Faults {
+    /// Answer 500 to the HealthcareService page of this index (0-based), this many times.
+    pub fail_page: Option<(usize, u32)>,
+    /// Answer 429 (with `Retry-After: 30`) to this many FHIR requests first.
+    pub throttle: u32,
+    /// Every token stops working after this many FHIR requests made with it.
+    pub token_uses: Option<u64>,
+    /// Polls of an export job answered 202 before the manifest.
+    pub export_polls: u32,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub tokens_issued: u64,
+    pub fhir_requests: u64,
+    pub unauthorized: u64,
+    pub forbidden: u64,
+    pub throttled: u64,
+    pub failed: u64,
+    pub pages: u64,
+    pub export_kickoffs: u64,
+    /// The query strings of the searches received.
+    pub queries: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct Ror {
+    /// `(type, id)` → resource.
+    pub resources: BTreeMap<(String, String), Value>,
+    /// Token → requests made with it.
+    tokens: BTreeMap<String, u64>,
+    pub faults: Faults,
+    pub stats: Stats,
+    polls_left: u32,
+}
+
+impl Ror {
+    pub fn put(&mut self, r: Value) {
+        let t = r["resourceType"].as_str().unwrap_or("").to_owned();
+        let id = r["id"].as_str().unwrap_or("").to_owned();
+        self.resources.insert((t, id), r);
+    }
+    pub fn get_mut(&mut self, t: &str, id: &str) -> &mut Value {
+        self.resources
+            .get_mut(&(t.to_owned(), id.to_owned()))
+            .unwrap_or_else(|| panic!("stand-in has no {t}/{id}"))
+    }
+    pub fn remove(&mut self, t: &str, id: &str) {
+        self.resources.remove(&(t.to_owned(), id.to_owned()));
+    }
+    /// Marks a resource changed now (for `_lastUpdated`).
+    pub fn touch(&mut self, t: &str, id: &str) {
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        self.get_mut(t, id)["meta"]["lastUpdated"] = json!(now);
+    }
+    pub fn expire_tokens(&mut self) {
+        self.tokens.clear();
+    }
+}
+
+pub struct Standin {
+    pub base: String,
+    pub token_url: String,
+    pub ror: Arc<Mutex<Ror>>,
+}
+
+impl Standin {
+    pub async fn start(ror: Ror) -> Standin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ror = Arc::new(Mutex::new(ror));
+        let app = Router::new()
+            .route("/token", post(token))
+            .route("/fhir/{*path}", get(fhir))
+            .with_state(Shared {
+                ror: ror.clone(),
+                base: format!("http://{addr}/fhir"),
+            });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Standin {
+            base: format!("http://{addr}/fhir"),
+            token_url: format!("http://{addr}/token"),
+            ror,
+        }
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut Ror) -> T) -> T {
+        f(&mut self.ror.lock().unwrap())
+    }
+
+    /// A `[ror]` configuration pointing here, with tiny back-off delays.
+    pub fn config(&self) -> passerelle::config::RorConfig {
+        passerelle::config::RorConfig {
+            base_url: Some(self.base.clone()),
+            token_url: Some(self.token_url.clone()),
+            client_id: Some(CLIENT_ID.into()),
+            client_secret: Some(CLIENT_SECRET.into()),
+            user_profile_code: Some(PROFILE.into()),
+            business_role_code: Some(ROLE.into()),
+            use_export: false,
+            page_size: 7,
+            timeout_seconds: 10,
+            max_retries: 3,
+            retry_base_ms: 1,
+            retry_max_ms: 20,
+            export_poll_ms: 1,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    ror: Arc<Mutex<Ror>>,
+    base: String,
+}
+
+async fn token(State(s): State<Shared>, body: String) -> Response {
+    let form: BTreeMap<String, String> = form_urlencoded::parse(body.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials")
+        || form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    let mut ror = s.ror.lock().unwrap();
+    ror.stats.tokens_issued += 1;
+    let t = format!("tok-{}", ror.stats.tokens_issued);
+    ror.tokens.insert(t.clone(), 0);
+    axum::Json(json!({"access_token": t, "token_type": "Bearer", "expires_in": 300}))
+        .into_response()
+}
+
+fn outcome(status: StatusCode, msg: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "security", "diagnostics": msg}]})),
+    )
+        .into_response()
+}
+
+fn header<'h>(h: &'h HeaderMap, name: &str) -> &'h str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+async fn fhir(
+    State(s): State<Shared>,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let mut ror = s.ror.lock().unwrap();
+    ror.stats.fhir_requests += 1;
+    let bearer = header(&headers, "authorization")
+        .strip_prefix("Bearer ")
+        .unwrap_or("")
+        .to_owned();
+    let uses = ror.faults.token_uses;
+    match ror.tokens.get_mut(&bearer) {
+        Some(n) if uses.is_none_or(|max| *n < max) => *n += 1,
+        _ => {
+            ror.stats.unauthorized += 1;
+            return outcome(StatusCode::UNAUTHORIZED, "invalid or expired token");
+        }
+    }
+    if header(&headers, "ror-profil-utilisateur-code") != PROFILE
+        || header(&headers, "ror-profil-utilisateur-system") != "1.2.250.1.213.1.6.1.66"
+        || header(&headers, "ror-role-metier-code") != ROLE
+        || header(&headers, "ror-role-metier-system") != "1.2.250.1.213.1.1.4.6"
+    {
+        ror.stats.forbidden += 1;
+        return outcome(StatusCode::FORBIDDEN, "missing or wrong Ror-* headers");
+    }
+    if ror.faults.throttle > 0 {
+        ror.faults.throttle -= 1;
+        ror.stats.throttled += 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "30")],
+            "slow down",
+        )
+            .into_response();
+    }
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    match path.as_str() {
+        "$export" => {
+            ror.stats.export_kickoffs += 1;
+            if header(&headers, "prefer") != "respond-async" {
+                return outcome(StatusCode::BAD_REQUEST, "Prefer: respond-async expected");
+            }
+            ror.polls_left = ror.faults.export_polls;
+            let tag = param("_typeFilter")
+                .and_then(|f| f.strip_prefix("HealthcareService?_tag=").map(str::to_owned));
+            let loc = format!(
+                "{}/$export-poll-status?_jobId=1{}",
+                s.base,
+                tag.map(|t| format!("&tag={}", enc(&t))).unwrap_or_default()
+            );
+            (StatusCode::ACCEPTED, [("content-location", loc)], "").into_response()
+        }
+        "$export-poll-status" => {
+            if ror.polls_left > 0 {
+                ror.polls_left -= 1;
+                return (
+                    StatusCode::ACCEPTED,
+                    [("retry-after", "120"), ("x-progress", "in progress")],
+                    "",
+                )
+                    .into_response();
+            }
+            let tag = param("tag")
+                .map(|t| format!("?tag={}", enc(&t)))
+                .unwrap_or_default();
+            let out: Vec<Value> = ["Organization", "Location", "HealthcareService"]
+                .iter()
+                .map(|t| json!({"type": t, "url": format!("{}/export-files/{t}.ndjson{tag}", s.base)}))
+                .collect();
+            axum::Json(json!({"transactionTime": OLD, "request": "x", "requiresAccessToken": true, "output": out}))
+                .into_response()
+        }
+        p if p.starts_with("export-files/") => {
+            let t = p
+                .trim_start_matches("export-files/")
+                .trim_end_matches(".ndjson");
+            let tag = param("tag");
+            let mut text = String::new();
+            for ((rt, _), r) in &ror.resources {
+                if rt == t
+                    && (t != "HealthcareService" || tag.as_ref().is_none_or(|tg| has_tag(r, tg)))
+                {
+                    text.push_str(&r.to_string());
+                    text.push('\n');
+                }
+            }
+            ([("content-type", "application/fhir+ndjson")], text).into_response()
+        }
+        t @ ("HealthcareService" | "Location" | "Organization") => {
+            ror.stats.queries.push(query.clone().unwrap_or_default());
+            let count: usize = param("_count").and_then(|c| c.parse().ok()).unwrap_or(200);
+            let offset: usize = param("_offset").and_then(|c| c.parse().ok()).unwrap_or(0);
+            if t == "HealthcareService" {
+                let page = offset / count.max(1);
+                if let Some((p, n)) = ror.faults.fail_page.as_mut()
+                    && *p == page
+                    && *n > 0
+                {
+                    *n -= 1;
+                    ror.stats.failed += 1;
+                    return outcome(StatusCode::INTERNAL_SERVER_ERROR, "injected failure");
+                }
+            }
+            ror.stats.pages += 1;
+            let since = param("_lastUpdated").map(|v| {
+                let v = v.trim_start_matches("ge").to_owned();
+                time::OffsetDateTime::parse(&v, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|e| panic!("_lastUpdated {v}: {e}"))
+            });
+            let tag = param("_tag");
+            let matches: Vec<&Value> = ror
+                .resources
+                .iter()
+                .filter(|((rt, _), _)| rt == t)
+                .map(|(_, r)| r)
+                .filter(|r| since.is_none_or(|s| updated(r) >= s))
+                .filter(|r| tag.as_ref().is_none_or(|tg| has_tag(r, tg)))
+                .collect();
+            let total = matches.len();
+            let includes: Vec<&str> = params
+                .iter()
+                .filter(|(k, _)| k.starts_with("_include"))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let mut entries = Vec::new();
+            let mut included = HashSet::new();
+            for r in matches.iter().skip(offset).take(count) {
+                entries.push(json!({"resource": r, "search": {"mode": "match"}}));
+                if t != "HealthcareService" {
+                    continue;
+                }
+                let mut refs: Vec<String> = Vec::new();
+                if includes.contains(&"HealthcareService:organization")
+                    && let Some(o) = r["providedBy"]["reference"].as_str()
+                {
+                    refs.push(o.to_owned());
+                }
+                if includes.contains(&"HealthcareService:location") {
+                    for l in r["location"].as_array().into_iter().flatten() {
+                        if let Some(x) = l["reference"].as_str() {
+                            refs.push(x.to_owned());
+                        }
+                    }
+                }
+                while let Some(rf) = refs.pop() {
+                    let Some((rt, id)) = rf.split_once('/') else {
+                        continue;
+                    };
+                    let Some(res) = ror.resources.get(&(rt.to_owned(), id.to_owned())) else {
+                        continue;
+                    };
+                    if included.insert(rf.clone()) {
+                        entries.push(json!({"resource": res, "search": {"mode": "include"}}));
+                    }
+                    if rt == "Organization"
+                        && includes.contains(&"Organization:partof")
+                        && let Some(p) = res["partOf"]["reference"].as_str()
+                    {
+                        refs.push(p.to_owned());
+                    }
+                }
+            }
+            let mut links = vec![
+                json!({"relation": "self", "url": format!("{}/{t}?{}", s.base, query.clone().unwrap_or_default())}),
+            ];
+            if offset + count < total {
+                let mut next: Vec<(String, String)> = params
+                    .iter()
+                    .filter(|(k, _)| k != "_offset")
+                    .cloned()
+                    .collect();
+                next.push(("_offset".into(), (offset + count).to_string()));
+                let q: String = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(next)
+                    .finish();
+                links.push(json!({"relation": "next", "url": format!("{}/{t}?{q}", s.base)}));
+            }
+            axum::Json(json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}))
+                .into_response()
+        }
+        _ => outcome(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn has_tag(r: &Value, tag: &str) -> bool {
+    let (sys, code) = tag.split_once('|').unwrap_or(("", tag));
+    r["meta"]["tag"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["system"] == sys && t["code"] == code)
+}
+
+fn updated(r: &Value) -> time::OffsetDateTime {
+    let v = r["meta"]["lastUpdated"].as_str().unwrap_or(OLD);
+    time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+const NOS: &str = "https://mos.esante.gouv.fr/NOS";
+
+fn coding(system: &str, code: &str) -> Value {
+    json!({"coding": [{"system": format!("{NOS}/{system}"), "code": code}]})
+}
+
+fn capacity(status: &str, n: i64) -> Value {
+    let cc = |url: &str, sys: &str, code: &str| json!({"url": url, "valueCodeableConcept": coding(sys, code)});
+    json!({
+        "url": "https://interop.esante.gouv.fr/ig/fhir/ror/StructureDefinition/ror-location-supported-capacity",
+        "extension": [
+            cc("capacityType", "TRE_R329-NatureCapacite/FHIR/TRE-R329-NatureCapacite", "01"),
+            cc("capacityStatus", "TRE_R330-TypeStatutCapacite/FHIR/TRE-R330-TypeStatutCapacite", status),
+            cc("temporalityCapacity", "TRE_R331-TemporaliteCapacite/FHIR/TRE-R331-TemporaliteCapacite", "01"),
+            {"url": "nbCapacity", "valueInteger": n},
+            cc("capacitySourceType", "TRE_R332-TypeSourceCapacite/FHIR/TRE-R332-TypeSourceCapacite", "02"),
+            {"url": "capacityUpdateDate", "valueDateTime": "2026-11-20T08:00:00+01:00"},
+            cc("temporaryAssignement", "TRE_R333-AffectationTemporaire/FHIR/TRE-R333-AffectationTemporaire", "01")
+        ]
+    })
+}
+
+/// What the kind of unit `i` is: (champ d'activité, mode de prise en charge).
+pub fn kind(i: usize) -> (&'static str, &'static str) {
+    match i % 4 {
+        0 => ("02", "28"), // SMR, hospitalisation complète
+        1 => ("01", "31"), // HAD
+        2 => ("04", "46"), // EHPAD: médico-social, hébergement
+        _ => ("01", "28"), // MCO
+    }
+}
+
+/// `n` units with their EJ/EG/OI organisations and places: unit `i` is `HealthcareService/hs-i`
+/// provided by `oi-i` (part of `eg-i/2`, part of `ej-i/4`), at `Location/loc-i` (postcode
+/// `7500{i%3}`, `i%3` beds available, position 48.85+i/1000, 2.35); region 11, or 06 when
+/// `i % 5 == 4`.
+pub fn generated(n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let region = |i: usize| if i % 5 == 4 { "06" } else { "11" };
+    let meta = |i: usize| json!({"lastUpdated": OLD, "tag": [{"system": REGION_SYSTEM, "code": region(i)}]});
+    for i in 0..n {
+        if i % 4 == 0 {
+            out.push(json!({"resourceType": "Organization", "id": format!("ej-{}", i / 4), "meta": meta(i),
+                "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.2", "value": format!("1{:08}", i / 4)}],
+                "active": true, "name": format!("EJ {}", i / 4)}));
+        }
+        if i % 2 == 0 {
+            out.push(json!({"resourceType": "Organization", "id": format!("eg-{}", i / 2), "meta": meta(i),
+                "identifier": [{"system": "https://finess.esante.gouv.fr", "value": format!("2{:08}", i / 2)}],
+                "active": true, "name": format!("EG {}", i / 2),
+                "partOf": {"reference": format!("Organization/ej-{}", i / 4)}}));
+        }
+        out.push(
+            json!({"resourceType": "Organization", "id": format!("oi-{i}"), "meta": meta(i),
+            "identifier": [{"system": "https://oi.esante.gouv.fr", "value": format!("OI-{i}")}],
+            "active": true, "name": format!("Unité {i}"),
+            "partOf": {"reference": format!("Organization/eg-{}", i / 2)}}),
+        );
+        out.push(json!({"resourceType": "Location", "id": format!("loc-{i}"), "meta": {"lastUpdated": OLD},
+            "extension": [capacity("02", (i % 3) as i64), capacity("01", 20)],
+            "status": "active", "name": format!("Lieu {i}"),
+            "address": {"line": [format!("{i} rue de la Paix")], "city": if i % 3 == 0 { "Paris" } else { "Versailles" }, "postalCode": format!("7500{}", i % 3)},
+            "position": {"latitude": 48.85 + i as f64 / 1000.0, "longitude": 2.35}}));
+        let (activity, mode) = kind(i);
+        out.push(json!({"resourceType": "HealthcareService", "id": format!("hs-{i}"), "meta": meta(i),
+            "extension": [{"url": "https://interop.esante.gouv.fr/ig/fhir/ror/StructureDefinition/ror-healthcareservice-sensitive-unit", "valueBoolean": false}],
+            "identifier": [{"value": format!("{}/{i:07}", region(i))}],
+            "active": true,
+            "providedBy": {"reference": format!("Organization/oi-{i}")},
+            "type": [coding("TRE_R227-ChampActivite/FHIR/TRE-R227-ChampActivite", activity)],
+            "characteristic": [coding("JDV_J19-ModePriseEnCharge-ROR/FHIR/JDV-J19-ModePriseEnCharge-ROR/", mode)],
+            "location": [{"reference": format!("Location/loc-{i}")}],
+            "name": format!("Offre {i}")}));
+    }
+    out
+}
+
+/// The shared ROR examples (a HealthcareService and a Location), as the ROR serves them.
+pub fn examples() -> Vec<Value> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ror");
+    [
+        "HealthcareService-1234564.json",
+        "Location-ror-location-exemple.json",
+    ]
+    .iter()
+    .map(|f| serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap())
+    .collect()
+}
