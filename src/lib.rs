@@ -25,3 +25,10 @@ pub mod server;
 pub mod store;
 pub mod time;
 pub mod workflow;
+
+/// `rustls` needs one process-wide crypto provider; `ring` is the one built in (reqwest is
+/// built with `rustls-no-provider`). Whatever builds an HTTP client (the PSC and ROR clients,
+/// tests) calls this first; calling it again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

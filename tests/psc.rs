@@ -209,10 +209,13 @@ async fn gateway_as(
     });
     Some(Psc {
         base,
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client"),
+        http: {
+            passerelle::install_crypto_provider();
+            reqwest::Client::builder()
+        }
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client"),
         _app: app,
         _guard: guard,
     })
@@ -563,10 +566,13 @@ impl Jar {
 /// does (authorization code + PKCE S256, `scope=openid scope_all`, `acr_values=eidas1`),
 /// and returns the PSC access token.
 async fn psc_access_token(p: &Provider, redirect: &str, who: &str, acr: &str) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
+    let http = {
+        passerelle::install_crypto_provider();
+        reqwest::Client::builder()
+    }
+    .redirect(reqwest::redirect::Policy::none())
+    .build()
+    .expect("client");
     let verifier = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
     let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
     let mut url = reqwest::Url::parse(&format!("{}/auth", p.issuer)).expect("url");

@@ -168,6 +168,7 @@ impl Gateway {
                 },
             );
         }
+        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(std::time::Duration::from_secs(10))

@@ -91,6 +91,7 @@ impl Psc {
         )?
         .or_else(|| client_secret.clone());
         let issuer = config.issuer.trim_end_matches('/').to_owned();
+        crate::install_crypto_provider();
         let http = reqwest::Client::builder()
             // never follow a redirect with a token or a secret in it (SSRF, leaks)
             .redirect(reqwest::redirect::Policy::none())

@@ -125,15 +125,9 @@ pub struct RorClient {
     pub counters: Counters,
 }
 
-/// `rustls` needs one process-wide crypto provider; `ring` is the one built in. Anything in
-/// the process that builds a reqwest client (tests too) must call this first.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl RorClient {
     pub fn new(settings: Settings) -> Result<RorClient, ClientError> {
-        install_crypto_provider();
+        crate::install_crypto_provider();
         // `timeout` bounds each request whole, except the downloads of export files, which
         // may take long: those are bounded per read (`read_timeout`) instead.
         let mut b = reqwest::Client::builder()

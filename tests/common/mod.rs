@@ -83,9 +83,9 @@ impl Drop for Guard {
 }
 
 /// A reqwest client. The gateway's reqwest has no default TLS crypto provider (it is built
-/// with rustls on ring, installed by the ROR client): install it first.
+/// with rustls on ring): install it first.
 pub fn http_client() -> reqwest::Client {
-    passerelle::directory::client::install_crypto_provider();
+    passerelle::install_crypto_provider();
     reqwest::Client::new()
 }
 
