@@ -119,20 +119,6 @@ pub struct Access {
     pub export: bool,
 }
 
-/// The resource type a route is about.
-fn route_type(route: &Route) -> Option<&str> {
-    match route {
-        Route::Type(t)
-        | Route::TypeSearch(t)
-        | Route::TypeHistory(t)
-        | Route::Instance(t, _)
-        | Route::InstanceHistory(t, _)
-        | Route::Version(t, _, _) => Some(t),
-        Route::Operation { rtype, .. } => rtype.as_deref(),
-        _ => None,
-    }
-}
-
 impl Access {
     /// Whether this request touches patient data (and so is audited).
     pub fn audited(&self) -> bool {
@@ -141,7 +127,7 @@ impl Access {
             Some(Route::Operation {
                 name, rtype: None, ..
             }) => name == "observatory",
-            Some(r) => route_type(r).is_some_and(|t| PATIENT_DATA.contains(&t)),
+            Some(r) => r.resource_type().is_some_and(|t| PATIENT_DATA.contains(&t)),
             None => false,
         }
     }
@@ -220,7 +206,7 @@ impl Access {
         if subtype == "search-type" || subtype == "operation" && self.resource.is_none() {
             let path = match &self.route {
                 Some(Route::Operation { name, .. }) => format!("${name}"),
-                Some(r) => route_type(r).unwrap_or_default().to_owned(),
+                Some(r) => r.resource_type().unwrap_or_default().to_owned(),
                 None => String::new(),
             };
             let mut q = form_urlencoded::Serializer::new(String::new());

@@ -56,6 +56,22 @@ pub enum Route {
     },
 }
 
+impl Route {
+    /// The resource type the route is about, if any.
+    pub fn resource_type(&self) -> Option<&str> {
+        match self {
+            Route::Type(t)
+            | Route::TypeSearch(t)
+            | Route::TypeHistory(t)
+            | Route::Instance(t, _)
+            | Route::InstanceHistory(t, _)
+            | Route::Version(t, _, _) => Some(t),
+            Route::Operation { rtype, .. } => rtype.as_deref(),
+            _ => None,
+        }
+    }
+}
+
 /// Reads a path relative to the FHIR base (`Task/1/_history/2`, `Task?x` without the query).
 pub fn route(path: &str) -> Result<Route> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -967,13 +983,8 @@ pub async fn run(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
 pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
     // the audit trail is read by référents and the system only (and written by nobody: the
     // CapabilityStatement lists no write, so writes are 405 for everyone)
-    if let Route::Type(t)
-    | Route::TypeSearch(t)
-    | Route::TypeHistory(t)
-    | Route::Instance(t, _)
-    | Route::InstanceHistory(t, _)
-    | Route::Version(t, _, _) = &req.route
-        && t == "AuditEvent"
+    if req.route.resource_type() == Some("AuditEvent")
+        && !matches!(req.route, Route::Operation { .. })
         && !req.is_write()
     {
         fhir.workflow.may_read_audit(&req.caller)?;

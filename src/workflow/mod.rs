@@ -275,12 +275,6 @@ impl Workflow {
         let Caller::Person(h) = caller else {
             return None;
         };
-        let rights = self
-            .rules
-            .profiles
-            .get(&h.profile)
-            .map(|p| p.rights.clone())
-            .unwrap_or_default();
         Some(
             self.rules
                 .parts
@@ -288,7 +282,7 @@ impl Workflow {
                 .filter(|prefix| {
                     ["read", "write", "validate"]
                         .iter()
-                        .any(|r| rights.contains(&format!("{prefix}-{r}")))
+                        .any(|r| self.rules.has_right(&h.profile, &format!("{prefix}-{r}")))
                 })
                 .cloned()
                 .collect(),
@@ -304,11 +298,7 @@ impl Workflow {
                 "the audit trail needs an identified référent".into(),
             )),
             Caller::Person(h) => {
-                let ok = self
-                    .rules
-                    .profiles
-                    .get(&h.profile)
-                    .is_some_and(|p| p.rights.contains("manage-accounts"));
+                let ok = self.rules.has_right(&h.profile, "manage-accounts");
                 if ok {
                     Ok(())
                 } else {
@@ -408,11 +398,7 @@ impl Workflow {
         let url = qr["questionnaire"].as_str()?;
         let url = url.split('|').next().unwrap_or(url);
         let prefix = self.rules.parts.get(url)?;
-        let q = self
-            .rules
-            .files
-            .values()
-            .find(|f| f["resourceType"] == "Questionnaire" && f["url"].as_str() == Some(url))?;
+        let q = self.rules.resource("Questionnaire", url)?;
         Some((q, prefix.as_str()))
     }
 
@@ -430,8 +416,7 @@ impl Workflow {
             ));
         }
         if let Caller::Person(h) = caller {
-            let rights = self.rules.profiles.get(&h.profile).map(|p| &p.rights);
-            let has = |r: &str| rights.is_some_and(|set| set.contains(&format!("{prefix}-{r}")));
+            let has = |r: &str| self.rules.has_right(&h.profile, &format!("{prefix}-{r}"));
             if !has("write") && !has("validate") {
                 return Err(Error::forbidden(format!(
                     "the profile `{}` may not write the {prefix} part (right {prefix}-write)",
@@ -553,11 +538,7 @@ impl Workflow {
         let Caller::Person(h) = caller else {
             return Ok(());
         };
-        let manages = self
-            .rules
-            .profiles
-            .get(&h.profile)
-            .is_some_and(|p| p.rights.contains("manage-accounts"));
+        let manages = self.rules.has_right(&h.profile, "manage-accounts");
         if !manages {
             return Err(Error::forbidden(format!(
                 "habilitations are granted by référents (right manage-accounts), not by the profile `{}`",
@@ -624,11 +605,7 @@ impl Workflow {
                 continue;
             };
             if let Some(hab) = crate::auth::habilitation(&r.id, &body, now)
-                && self
-                    .rules
-                    .profiles
-                    .get(&hab.profile)
-                    .is_some_and(|p| p.rights.contains("manage-accounts"))
+                && self.rules.has_right(&hab.profile, "manage-accounts")
                 && let Some(org) = hab.organization
             {
                 *count.entry(org).or_default() += 1;
@@ -708,8 +685,7 @@ impl Workflow {
                 ));
             }
         };
-        let profile = self.rules.profiles.get(&h.profile);
-        if !profile.is_some_and(|p| p.rights.contains("request-create")) {
+        if !self.rules.has_right(&h.profile, "request-create") {
             return Err(Error::forbidden(format!(
                 "the profile `{}` may not write a dossier (right request-create)",
                 h.profile
@@ -1308,11 +1284,7 @@ impl Workflow {
                 )));
             }
         };
-        let allowed = self
-            .rules
-            .profiles
-            .get(&h.profile)
-            .is_some_and(|p| p.rights.contains("request-send"));
+        let allowed = self.rules.has_right(&h.profile, "request-send");
         if !allowed {
             return Err(Error::forbidden(format!(
                 "${op} needs the right `request-send`, which the profile `{}` does not have",
@@ -1607,11 +1579,7 @@ impl Workflow {
         let old = self.lock_dossier(tx, id, req.if_match).await?;
         self.prescriber(tx, &req.caller, &old.body, "copy").await?;
         let creates = match &req.caller {
-            Caller::Person(h) => self
-                .rules
-                .profiles
-                .get(&h.profile)
-                .is_some_and(|p| p.rights.contains("request-create")),
+            Caller::Person(h) => self.rules.has_right(&h.profile, "request-create"),
             _ => true,
         };
         if !creates {

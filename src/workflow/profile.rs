@@ -432,11 +432,9 @@ pub fn task_invariants(rules: &Rules, task: &Value) -> Vec<Issue> {
 
 /// The StructureDefinition a profile URL names, among the shipped ones.
 pub fn structure_definition<'r>(rules: &'r Rules, url: &str) -> Option<&'r Value> {
-    rules.files.values().find(|f| {
-        f["resourceType"] == "StructureDefinition"
-            && f["url"].as_str() == Some(url)
-            && url.starts_with(CANONICAL)
-    })
+    rules
+        .resource("StructureDefinition", url)
+        .filter(|_| url.starts_with(CANONICAL))
 }
 
 #[cfg(test)]

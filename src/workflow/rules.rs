@@ -336,6 +336,11 @@ pub struct Rules {
     pub pending_action: BTreeMap<String, String>,
     /// The shipped conformance resources, parsed, by file name.
     pub files: BTreeMap<String, Value>,
+    /// Their canonical URLs → file name (profiles, forms, value sets are looked up by URL on
+    /// every write: no scan).
+    by_url: BTreeMap<String, String>,
+    /// Every shipped ValueSet expanded once at load: URL → (system, code).
+    value_sets: BTreeMap<String, BTreeSet<(String, String)>>,
 }
 
 fn parse(file: &str, text: &str) -> Result<Value, RulesError> {
@@ -723,7 +728,47 @@ impl Rules {
             }
             parts.insert(url.clone(), prefix);
         }
+        let by_url: BTreeMap<String, String> = files
+            .iter()
+            .filter_map(|(f, r)| Some((r["url"].as_str()?.to_owned(), f.clone())))
+            .collect();
+        let mut value_sets = BTreeMap::new();
+        for vs in files.values().filter(|r| r["resourceType"] == "ValueSet") {
+            let url = vs["url"].as_str().unwrap_or_default();
+            let mut codes = BTreeSet::new();
+            for inc in vs["compose"]["include"].as_array().into_iter().flatten() {
+                let system = inc["system"].as_str().unwrap_or_default();
+                match inc["concept"].as_array() {
+                    Some(list) => {
+                        for c in list {
+                            if let Some(code) = c["code"].as_str() {
+                                codes.insert((system.to_owned(), code.to_owned()));
+                            }
+                        }
+                    }
+                    None => {
+                        let cs =
+                            by_url
+                                .get(system)
+                                .and_then(|f| files.get(f))
+                                .ok_or_else(|| {
+                                    err(
+                                        url,
+                                        "compose.include.system",
+                                        format!("no shipped CodeSystem {system}"),
+                                    )
+                                })?;
+                        for (code, _) in concepts(cs) {
+                            codes.insert((system.to_owned(), code.to_owned()));
+                        }
+                    }
+                }
+            }
+            value_sets.insert(url.to_owned(), codes);
+        }
         Ok(Rules {
+            by_url,
+            value_sets,
             parts,
             columns,
             pending_action,
@@ -758,34 +803,23 @@ impl Rules {
         }
     }
 
-    /// The codes of a shipped ValueSet, as (system, code), expanded from its compose.
-    pub fn value_set(&self, url: &str) -> Option<BTreeSet<(String, String)>> {
-        let vs = self
-            .files
-            .values()
-            .find(|f| f["resourceType"] == "ValueSet" && f["url"].as_str() == Some(url))?;
-        let mut out = BTreeSet::new();
-        for inc in vs["compose"]["include"].as_array().into_iter().flatten() {
-            let system = inc["system"].as_str().unwrap_or_default();
-            match inc["concept"].as_array() {
-                Some(list) => {
-                    for c in list {
-                        if let Some(code) = c["code"].as_str() {
-                            out.insert((system.to_owned(), code.to_owned()));
-                        }
-                    }
-                }
-                None => {
-                    let cs = self.files.values().find(|f| {
-                        f["resourceType"] == "CodeSystem" && f["url"].as_str() == Some(system)
-                    })?;
-                    for (code, _) in concepts(cs) {
-                        out.insert((system.to_owned(), code.to_owned()));
-                    }
-                }
-            }
-        }
-        Some(out)
+    /// Whether a habilitation profile has a right (a boolean property of the profile code
+    /// system: `request-send`, `medical-read`…).
+    pub fn has_right(&self, profile: &str, right: &str) -> bool {
+        self.profiles
+            .get(profile)
+            .is_some_and(|p| p.rights.contains(right))
+    }
+
+    /// The codes of a shipped ValueSet, as (system, code).
+    pub fn value_set(&self, url: &str) -> Option<&BTreeSet<(String, String)>> {
+        self.value_sets.get(url)
+    }
+
+    /// A shipped conformance resource of `rtype` by its canonical URL.
+    pub fn resource(&self, rtype: &str, url: &str) -> Option<&Value> {
+        let r = self.files.get(self.by_url.get(url)?)?;
+        (r["resourceType"] == rtype).then_some(r)
     }
 }
 
