@@ -1697,6 +1697,80 @@ on_both_engines!(every_access_to_patient_data_is_audited, |gw| {
         .delete(&format!("AuditEvent/{id}"))
         .await
         .expect(405);
+    // an event is read back by its id, as it was found
+    let again = referent
+        .get(&format!("AuditEvent/{id}"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(&again, e);
+    assert_eq!(again["meta"]["versionId"], "1");
+    referent.get("AuditEvent/not-an-event").await.expect(404);
+    referent.get("AuditEvent/999999999").await.expect(404);
+    // the searches of the trail: date prefixes, codings, patient, totals, paging, sort
+    let ids = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| x["search"]["mode"] == "match")
+            .map(|x| x["resource"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let today = &e["recorded"].as_str().unwrap()[..10];
+    let all = referent
+        .get("AuditEvent?_total=accurate&_count=1000")
+        .await
+        .expect(200)
+        .json();
+    let n = all["total"].as_i64().unwrap();
+    assert!(n >= 4, "{all}");
+    assert_eq!(ids(&all).len() as i64, n);
+    let checks = [
+        (format!("AuditEvent?date=ge{today}&_count=1000"), n),
+        ("AuditEvent?date=lt2000-01-01".into(), 0),
+        (
+            "AuditEvent?type=http://terminology.hl7.org/CodeSystem/audit-event-type|rest&_count=1000"
+                .into(),
+            n,
+        ),
+        ("AuditEvent?type=http://other|rest".into(), 0),
+        ("AuditEvent?action=R&outcome=0&subtype=read".into(), 1),
+        ("AuditEvent?outcome:not=0&outcome:not=8".into(), 1),
+        ("AuditEvent?_tag=anything".into(), 0),
+    ];
+    for (q, want) in checks {
+        let b = referent.get(&q).await.expect(200).json();
+        assert_eq!(ids(&b).len() as i64, want, "{q}: {b}");
+    }
+    let about_pat = referent
+        .get("AuditEvent?patient=Patient/pat&_count=1000")
+        .await
+        .expect(200)
+        .json();
+    assert!(ids(&about_pat).len() >= 3, "{about_pat}");
+    let page = referent
+        .get("AuditEvent?_count=2&_sort=-date")
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(ids(&page).len(), 2);
+    assert!(
+        page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next"),
+        "{page}"
+    );
+    let newest = ids(&page)[0].parse::<i64>().unwrap();
+    assert!(
+        ids(&all)
+            .iter()
+            .all(|i| i.parse::<i64>().unwrap() <= newest)
+    );
+    // what the trail does not keep is refused, not silently widened
+    referent.get("AuditEvent?agent.name=x").await.expect(400);
 });
 
 on_both_engines!(each_place_sees_its_own_requests_only, |gw| {

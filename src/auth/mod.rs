@@ -44,8 +44,21 @@ pub enum Caller {
     Anonymous,
     /// A person acting through one valid habilitation.
     Person(Habilitation),
-    /// The gateway itself (timers) or one of its feeds (HL7 v2): audited as the system.
+    /// The gateway itself (timers, the ROR sync) or a registered system client with no
+    /// structure (a platform-wide feed): sees and may do what its scopes allow everywhere.
     System(String),
+    /// A registered system client acting for one structure (`[[auth.clients]]
+    /// organization`, e.g. an establishment's information system): within its scopes, it sees
+    /// and acts on that structure's data only, as a habilitation on that structure would.
+    Client(Client),
+}
+
+/// A system client bound to a structure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub client_id: String,
+    /// `Organization/<id>`.
+    pub organization: String,
 }
 
 /// One valid habilitation: a profile at a place (contract §4).
@@ -68,6 +81,27 @@ impl Caller {
         match self {
             Caller::Person(h) => Some(h),
             _ => None,
+        }
+    }
+
+    /// The structure a caller acts for, when it is bound to one: a client's, or a
+    /// habilitation's.
+    pub fn organization(&self) -> Option<&str> {
+        match self {
+            Caller::Person(h) => h.organization.as_deref(),
+            Caller::Client(c) => Some(&c.organization),
+            _ => None,
+        }
+    }
+
+    /// How the caller is named where no reference fits (audit, Provenance): the system or
+    /// client id.
+    pub fn display(&self) -> String {
+        match self {
+            Caller::Anonymous => "anonymous".to_owned(),
+            Caller::Person(h) => h.role.clone(),
+            Caller::System(s) => format!("system: {s}"),
+            Caller::Client(c) => format!("system: {} ({})", c.client_id, c.organization),
         }
     }
 
