@@ -330,6 +330,7 @@ mod tests {
                 profile: "responsable-admission".into(),
                 organization: None,
                 services: vec![],
+                delegated_by: None,
             })),
             address: Some("10.0.0.1".into()),
             method: "GET".into(),

@@ -74,7 +74,13 @@ pub struct Habilitation {
     pub organization: Option<String>,
     /// `HealthcareService/<id>`: the units, when the habilitation sits on units.
     pub services: Vec<String>,
+    /// `PractitionerRole/<id>`: the habilitation this one was delegated from (`$delegate`),
+    /// on whose behalf its holder acts.
+    pub delegated_by: Option<String>,
 }
+
+/// The extension of a delegated habilitation naming the one it was delegated from.
+pub const DELEGATED_BY: &str = "https://passerelle.dev/fhir/StructureDefinition/delegated-by";
 
 impl Caller {
     pub fn habilitation(&self) -> Option<&Habilitation> {
@@ -157,6 +163,12 @@ pub fn habilitation(role_id: &str, role: &Value, now: i64) -> Option<Habilitatio
             .flatten()
             .filter_map(|s| local(s, "HealthcareService"))
             .collect(),
+        delegated_by: role["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["url"] == DELEGATED_BY)
+            .and_then(|e| local(&e["valueReference"], "PractitionerRole")),
     })
 }
 
@@ -280,19 +292,46 @@ pub async fn dev_caller(store: &Store, header: Option<&str>) -> Result<Caller> {
                 "X-Passerelle-Role must be `PractitionerRole/<id>`, not `{value}`"
             ))
         })?;
-    let stored = store.current("PractitionerRole", id).await?;
-    let body = stored
-        .filter(|s| !s.deleted)
-        .and_then(|s| s.body)
-        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-        .ok_or_else(|| Error::Unauthorized(format!("no habilitation PractitionerRole/{id}")))?;
-    habilitation(id, &body, store.clock().now())
-        .map(Caller::Person)
-        .ok_or_else(|| {
-            Error::Unauthorized(format!(
-                "PractitionerRole/{id} is not a valid habilitation now (inactive, out of its period, or without a {PROFILE_SYSTEM} code)"
-            ))
-        })
+    let now = store.clock().now();
+    let hab = valid_habilitation(store, id, now).await?.ok_or_else(|| {
+        Error::Unauthorized(format!(
+            "PractitionerRole/{id} is not a valid habilitation now (missing, inactive, out of its period, without a {PROFILE_SYSTEM} code, or delegated from one that is not)"
+        ))
+    })?;
+    Ok(Caller::Person(hab))
+}
+
+/// The stored habilitation `PractitionerRole/<id>` if it is valid at `now`; a delegated one
+/// only while the habilitation it was delegated from is valid too.
+pub async fn valid_habilitation(store: &Store, id: &str, now: i64) -> Result<Option<Habilitation>> {
+    let load = |id: String| async move {
+        Ok::<_, Error>(
+            store
+                .current("PractitionerRole", &id)
+                .await?
+                .filter(|s| !s.deleted)
+                .and_then(|s| s.body)
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok()),
+        )
+    };
+    let Some(hab) = load(id.to_owned())
+        .await?
+        .and_then(|body| habilitation(id, &body, now))
+    else {
+        return Ok(None);
+    };
+    if let Some(from) = &hab.delegated_by {
+        let from_id = from.trim_start_matches("PractitionerRole/").to_owned();
+        let delegator = load(from_id.clone()).await?;
+        // a delegation lasts as long as what it was delegated from (one level: never a chain)
+        if delegator
+            .and_then(|b| habilitation(&from_id, &b, now))
+            .is_none_or(|d| d.delegated_by.is_some())
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(hab))
 }
 
 #[cfg(test)]

@@ -445,7 +445,7 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
         }
         (&Method::DELETE, Route::Instance(t, id)) => {
             fhir.check_type(t, "delete")?;
-            delete(fhir, tx, t, id, req.if_match).await
+            delete(fhir, tx, &req.caller, t, id, req.if_match).await
         }
         (&Method::DELETE, Route::Type(t)) => {
             fhir.check_type(t, "delete")?;
@@ -454,7 +454,7 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
                 [] => Ok(deleted_outcome(format!("no {t} matched: nothing deleted"))),
                 [one] => {
                     let id = one.id.clone();
-                    delete(fhir, tx, t, &id, None).await
+                    delete(fhir, tx, &req.caller, t, &id, None).await
                 }
                 _ => Err(Error::PreconditionFailed(format!(
                     "conditional delete: the criteria match more than one {t}"
@@ -718,6 +718,7 @@ fn deleted_outcome(msg: String) -> Resp {
 async fn delete(
     fhir: &Fhir,
     tx: &mut Tx<'_>,
+    caller: &Caller,
     rtype: &str,
     id: &str,
     if_match: Option<i64>,
@@ -736,6 +737,15 @@ async fn delete(
             "{rtype}/{id} does not exist: nothing deleted"
         )));
     };
+    if let Some(old) = cur
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<Value>(b).ok())
+    {
+        fhir.workflow
+            .before_delete(fhir, tx, caller, rtype, id, &old)
+            .await?;
+    }
     let stored = tx
         .put(NewVersion {
             rtype,

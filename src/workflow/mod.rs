@@ -10,6 +10,7 @@
 //!   [`Workflow::operation`] for the named operations — and the side effects (siblings,
 //!   dossier status, Communications, Provenance).
 
+pub mod accounts;
 pub mod dashboard;
 pub mod moves;
 pub mod observatory;
@@ -393,7 +394,11 @@ impl Workflow {
                 keep_or_set_labels(caller, old, body, "Patient");
                 Ok(())
             }
-            "PractitionerRole" => self.habilitation_write(tx, caller, old, body).await,
+            "PractitionerRole" => {
+                self.habilitation_write(tx, caller, old, body).await?;
+                self.habilitation_written(fhir, tx, caller, id, old, Some(body))
+                    .await
+            }
             _ => Ok(()),
         }
     }
@@ -541,6 +546,19 @@ impl Workflow {
         old: Option<&Value>,
         body: &Value,
     ) -> Result<()> {
+        let delegation = |r: Option<&Value>| {
+            r.and_then(|r| r["extension"].as_array())
+                .into_iter()
+                .flatten()
+                .find(|e| e["url"] == crate::auth::DELEGATED_BY)
+                .cloned()
+        };
+        if !matches!(caller, Caller::System(_)) && delegation(old) != delegation(Some(body)) {
+            return Err(rule(
+                "delegated-by",
+                "a delegation is made by PractitionerRole/[id]/$delegate, not written",
+            ));
+        }
         if let Caller::Client(c) = caller {
             // a client bound to a structure sets up accounts in that structure only
             for role in old.into_iter().chain(std::iter::once(body)) {
@@ -585,6 +603,49 @@ impl Workflow {
             }
         }
         Ok(())
+    }
+
+    /// Who may delete a resource: as who may write it. A request (AdmissionTask) or a sent
+    /// dossier is never deleted (they are cancelled); a draft dossier, a part, a message, a
+    /// patient only by who may write them and see them; a habilitation as it is granted,
+    /// with the accounts it touches settled.
+    pub async fn before_delete(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        rtype: &str,
+        id: &str,
+        old: &Value,
+    ) -> Result<()> {
+        let text = old.to_string();
+        if !self.visible(caller, rtype, &text) {
+            return Err(Error::NotFound(format!("{rtype}/{id} not found")));
+        }
+        match rtype {
+            "Task" if declares(old, ADMISSION_TASK) => Err(rule(
+                "tasks-not-deleted",
+                "a request is never deleted: cancel it ($cancel), the unit withdraws or refuses it",
+            )),
+            "ServiceRequest" if declares(old, ADMISSION_REQUEST) => {
+                if old["status"] != "draft" {
+                    return Err(rule(
+                        "dossier-not-deleted",
+                        "a sent dossier is never deleted: cancel it (ServiceRequest/[id]/$cancel)",
+                    ));
+                }
+                self.dossier_write(fhir, tx, caller, id, Some(old), &mut old.clone())
+                    .await
+            }
+            "QuestionnaireResponse" => self.part_write(caller, old),
+            "Communication" => self.communication_write(tx, caller, &mut old.clone()).await,
+            "PractitionerRole" => {
+                self.habilitation_write(tx, caller, Some(old), old).await?;
+                self.habilitation_written(fhir, tx, caller, id, Some(old), None)
+                    .await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The structures a habilitation sits in: its `organization`, and its units'
@@ -1112,22 +1173,7 @@ impl Workflow {
         move_name: &str,
         on_behalf_of: Option<String>,
     ) -> Result<()> {
-        let who = match caller {
-            Caller::Person(h) => json!({"reference": h.role}),
-            Caller::System(s) => json!({"display": format!("Passerelle ({s})")}),
-            Caller::Client(c) => json!({"display": format!("Passerelle ({})", c.client_id)}),
-            Caller::Anonymous => json!({"display": "anonymous"}),
-        };
-        let mut agent = json!({
-            "type": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                "code": "author"
-            }]},
-            "who": who,
-        });
-        if let Some(b) = on_behalf_of {
-            agent["onBehalfOf"] = json!({"reference": b});
-        }
+        let agent = author(caller, on_behalf_of);
         let mut p = json!({
             "resourceType": "Provenance",
             "target": [{"reference": target}],
@@ -1225,6 +1271,7 @@ impl Workflow {
             ("ServiceRequest", "update") => self.update_dossier(fhir, tx, req, id, &params).await,
             ("ServiceRequest", "copy") => self.copy_dossier(fhir, tx, req, id, &params).await,
             ("Task", "remind") => self.remind(fhir, tx, req, id, &input).await,
+            ("PractitionerRole", "delegate") => self.delegate(fhir, tx, req, id, &params).await,
             ("Task", _) => {
                 let mv = self
                     .rules
@@ -1788,6 +1835,30 @@ enum Recipient {
 }
 
 /// An operation's input parameters, by name (their `value[x]`).
+/// The author agent of a Provenance: the caller, on behalf of `on_behalf_of` or, for a
+/// delegate, of the habilitation it was delegated from.
+fn author(caller: &Caller, on_behalf_of: Option<String>) -> Value {
+    let who = match caller {
+        Caller::Person(h) => json!({"reference": h.role}),
+        Caller::System(s) => json!({"display": format!("Passerelle ({s})")}),
+        Caller::Client(c) => json!({"display": format!("Passerelle ({})", c.client_id)}),
+        Caller::Anonymous => json!({"display": "anonymous"}),
+    };
+    let mut agent = json!({
+        "type": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+            "code": "author"
+        }]},
+        "who": who,
+    });
+    let on_behalf_of =
+        on_behalf_of.or_else(|| caller.habilitation().and_then(|h| h.delegated_by.clone()));
+    if let Some(b) = on_behalf_of {
+        agent["onBehalfOf"] = json!({"reference": b});
+    }
+    agent
+}
+
 struct Params(BTreeMap<String, Vec<Value>>);
 
 impl Params {

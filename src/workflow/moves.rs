@@ -581,6 +581,7 @@ mod tests {
                 profile: profile.into(),
                 organization: None,
                 services: vec![],
+                delegated_by: None,
             })
         };
         let unit = Standing {
