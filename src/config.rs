@@ -467,6 +467,16 @@ impl Config {
                     message: "needs a client_id and exactly one of jwks_file, jwks_url".into(),
                 });
             }
+            if let Some(o) = &c.organization
+                && !o
+                    .strip_prefix("Organization/")
+                    .is_some_and(crate::fhir::reference::is_id)
+            {
+                return Err(ConfigError::Invalid {
+                    key: format!("auth.clients[{i}].organization"),
+                    message: format!("must be `Organization/<id>`, not `{o}`"),
+                });
+            }
         }
         self.ror.check()?;
         if self.default_page_size == 0 || self.default_page_size > self.max_page_size {

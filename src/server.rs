@@ -90,7 +90,7 @@ impl App {
         crate::fhir::conformance::publish(&fhir)
             .await
             .map_err(|e| ServeError::Publish(e.to_string()))?;
-        let audit = crate::audit::Auditor::start(fhir.clone());
+        let audit = crate::audit::Auditor::start(fhir.store.clone());
         Ok(App {
             fhir,
             audit,

@@ -1697,6 +1697,80 @@ on_both_engines!(every_access_to_patient_data_is_audited, |gw| {
         .delete(&format!("AuditEvent/{id}"))
         .await
         .expect(405);
+    // an event is read back by its id, as it was found
+    let again = referent
+        .get(&format!("AuditEvent/{id}"))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(&again, e);
+    assert_eq!(again["meta"]["versionId"], "1");
+    referent.get("AuditEvent/not-an-event").await.expect(404);
+    referent.get("AuditEvent/999999999").await.expect(404);
+    // the searches of the trail: date prefixes, codings, patient, totals, paging, sort
+    let ids = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| x["search"]["mode"] == "match")
+            .map(|x| x["resource"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let today = &e["recorded"].as_str().unwrap()[..10];
+    let all = referent
+        .get("AuditEvent?_total=accurate&_count=1000")
+        .await
+        .expect(200)
+        .json();
+    let n = all["total"].as_i64().unwrap();
+    assert!(n >= 4, "{all}");
+    assert_eq!(ids(&all).len() as i64, n);
+    let checks = [
+        (format!("AuditEvent?date=ge{today}&_count=1000"), n),
+        ("AuditEvent?date=lt2000-01-01".into(), 0),
+        (
+            "AuditEvent?type=http://terminology.hl7.org/CodeSystem/audit-event-type|rest&_count=1000"
+                .into(),
+            n,
+        ),
+        ("AuditEvent?type=http://other|rest".into(), 0),
+        ("AuditEvent?action=R&outcome=0&subtype=read".into(), 1),
+        ("AuditEvent?outcome:not=0&outcome:not=8".into(), 1),
+        ("AuditEvent?_tag=anything".into(), 0),
+    ];
+    for (q, want) in checks {
+        let b = referent.get(&q).await.expect(200).json();
+        assert_eq!(ids(&b).len() as i64, want, "{q}: {b}");
+    }
+    let about_pat = referent
+        .get("AuditEvent?patient=Patient/pat&_count=1000")
+        .await
+        .expect(200)
+        .json();
+    assert!(ids(&about_pat).len() >= 3, "{about_pat}");
+    let page = referent
+        .get("AuditEvent?_count=2&_sort=-date")
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(ids(&page).len(), 2);
+    assert!(
+        page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next"),
+        "{page}"
+    );
+    let newest = ids(&page)[0].parse::<i64>().unwrap();
+    assert!(
+        ids(&all)
+            .iter()
+            .all(|i| i.parse::<i64>().unwrap() <= newest)
+    );
+    // what the trail does not keep is refused, not silently widened
+    referent.get("AuditEvent?agent.name=x").await.expect(400);
 });
 
 on_both_engines!(each_place_sees_its_own_requests_only, |gw| {
@@ -1875,4 +1949,278 @@ on_both_engines!(referents_grant_in_their_structure_only, |gw| {
         "{report}"
     );
     gw.acting(DOC).get("$referents").await.expect(403);
+});
+
+/// The account history (Provenance) of `Practitioner/<pid>`: its activity codes, oldest first.
+async fn account_history(gw: &Gateway, pid: &str) -> Vec<String> {
+    let b = gw
+        .acting(REFERENT)
+        .get(&format!(
+            "Provenance?target=Practitioner/{pid}&_sort=_lastUpdated&_count=100"
+        ))
+        .await
+        .expect(200)
+        .json();
+    b["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            e["resource"]["activity"]["coding"][0]["code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+async fn account(gw: &Gateway, pid: &str) -> Value {
+    gw.get(&format!("Practitioner/{pid}"))
+        .await
+        .expect(200)
+        .json()
+}
+
+fn deactivated_by_gateway(p: &Value) -> bool {
+    p["active"] == false
+        && p["meta"]["tag"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["code"] == "deactivated")
+}
+
+#[tokio::test]
+async fn accounts_follow_their_habilitations() {
+    for engine in [common::Engine::Sqlite, common::Engine::Postgres] {
+        let Some((gw, clock)) = clocked(engine).await else {
+            continue;
+        };
+        world(&gw).await;
+        let referent = gw.acting(REFERENT);
+        let pid = "p-nurse";
+        gw.put(
+            &format!("Practitioner/{pid}"),
+            &json!({"resourceType": "Practitioner", "id": pid, "active": true,
+                    "name": [{"family": "Infirmière"}]}),
+        )
+        .await
+        .expect(201);
+        // a habilitation until the 28th (the clock starts on 2026-11-18), granted by the référent
+        let mut nurse = role("role-nurse", "equipe-soignante", "org-chu", None);
+        nurse["practitioner"] = json!({"reference": format!("Practitioner/{pid}")});
+        nurse["period"] = json!({"start": "2026-11-01", "end": "2026-11-28"});
+        referent
+            .put("PractitionerRole/role-nurse", &nurse)
+            .await
+            .expect(201);
+        assert_eq!(account(&gw, pid).await["active"], true);
+        // the same PUT again changes nothing and adds nothing to the history
+        referent
+            .put("PractitionerRole/role-nurse", &nurse)
+            .await
+            .expect(200);
+        assert_eq!(account_history(&gw, pid).await, ["habilitation-granted"]);
+        // its period ends: the timer deactivates the account, once
+        clock.advance(20 * DAY);
+        assert_eq!(tick(&gw).await.accounts, 1, "{engine:?}");
+        assert_eq!(tick(&gw).await.accounts, 0, "once");
+        assert!(deactivated_by_gateway(&account(&gw, pid).await));
+        // a new habilitation reactivates it ("réactivé par ajout d'une habilitation")
+        nurse["period"] = json!({"start": "2026-11-01", "end": "2027-12-31"});
+        referent
+            .put("PractitionerRole/role-nurse", &nurse)
+            .await
+            .expect(200);
+        let p = account(&gw, pid).await;
+        assert_eq!(p["active"], true);
+        assert!(!deactivated_by_gateway(&p));
+        // ending it (deleting it) deactivates at once
+        gw.acting(DOC)
+            .delete("PractitionerRole/role-nurse")
+            .await
+            .expect(403);
+        referent
+            .delete("PractitionerRole/role-nurse")
+            .await
+            .expect(200);
+        assert!(deactivated_by_gateway(&account(&gw, pid).await));
+        assert_eq!(
+            account_history(&gw, pid).await,
+            [
+                "habilitation-granted",
+                "deactivated",
+                "habilitation-changed",
+                "reactivated",
+                "habilitation-ended",
+                "deactivated"
+            ],
+            "{engine:?}"
+        );
+        // an account a référent blocked stays blocked when a habilitation is granted
+        let mut p = account(&gw, pid).await;
+        p.as_object_mut().unwrap().remove("meta");
+        referent
+            .put(&format!("Practitioner/{pid}"), &p)
+            .await
+            .expect(200);
+        let mut again = role("role-nurse-2", "equipe-soignante", "org-chu", None);
+        again["practitioner"] = json!({"reference": format!("Practitioner/{pid}")});
+        referent
+            .put("PractitionerRole/role-nurse-2", &again)
+            .await
+            .expect(201);
+        let p = account(&gw, pid).await;
+        assert_eq!(p["active"], false, "blocked by a référent: not reactivated");
+    }
+}
+
+on_both_engines!(a_habilitation_is_lent_for_a_while, |gw| {
+    let sr = world(&gw).await;
+    let t = send(&gw, &sr).await;
+    let referent = gw.acting(REFERENT);
+    for pid in ["p-locum", "p-role-u1"] {
+        gw.put(
+            &format!("Practitioner/{pid}"),
+            &json!({"resourceType": "Practitioner", "id": pid, "active": true}),
+        )
+        .await
+        .expect(201);
+    }
+    // U1's holder lends it to a locum until a date within its own period
+    let mut u1 = role(U1, "responsable-admission", "org-smr", Some("u1"));
+    u1["period"] = json!({"start": "2026-01-01", "end": "2030-12-31"});
+    gw.put(&format!("PractitionerRole/{U1}"), &u1)
+        .await
+        .expect(200);
+    let lend = |end: &str, to: &str| {
+        params(json!([
+            {"name": "practitioner", "valueReference": {"reference": format!("Practitioner/{to}")}},
+            {"name": "end", "valueDateTime": end}
+        ]))
+    };
+    let path = format!("PractitionerRole/{U1}/$delegate");
+    let holder = gw.acting(U1);
+    holder
+        .post(&path, &lend("2031-06-30", "p-locum"))
+        .await
+        .expect(422);
+    gw.acting(U2)
+        .post(&path, &lend("2029-01-01", "p-locum"))
+        .await
+        .expect(403);
+    holder
+        .post(&path, &lend("2029-01-01", "p-role-u1"))
+        .await
+        .expect(403);
+    referent
+        .post(
+            &format!("PractitionerRole/{REFERENT}/$delegate"),
+            &lend("2029-01-01", "p-locum"),
+        )
+        .await
+        .expect(403);
+    let lent = holder
+        .post(&path, &lend("2029-01-01", "p-locum"))
+        .await
+        .expect(201)
+        .json();
+    let lent_id = lent["id"].as_str().unwrap().to_owned();
+    assert_eq!(lent["practitioner"]["reference"], "Practitioner/p-locum");
+    assert_eq!(
+        lent["healthcareService"][0]["reference"],
+        "HealthcareService/u1"
+    );
+    assert_eq!(
+        lent["extension"][0]["valueReference"]["reference"],
+        format!("PractitionerRole/{U1}")
+    );
+    assert_eq!(account_history(&gw, "p-locum").await, ["delegated"]);
+    // the locum answers u1's request, on behalf of the holder
+    let locum = gw.acting(&lent_id);
+    op(&locum, &t[0], "mark-read", &none()).await.expect(200);
+    let b = gw
+        .acting(DOC)
+        .get(&format!("Provenance?target=Task/{}&_count=100", t[0]))
+        .await
+        .expect(200)
+        .json();
+    let read = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|p| p["agent"][0]["who"]["reference"] == format!("PractitionerRole/{lent_id}"))
+        .expect("the locum's move");
+    assert_eq!(
+        read["agent"][0]["onBehalfOf"]["reference"],
+        format!("PractitionerRole/{U1}")
+    );
+    // a delegation is not lent again, nor written by hand
+    locum
+        .post(
+            &format!("PractitionerRole/{lent_id}/$delegate"),
+            &lend("2028-01-01", "p-role-u1"),
+        )
+        .await
+        .expect(422);
+    let mut forged = role(
+        "role-forged",
+        "responsable-admission",
+        "org-smr",
+        Some("u1"),
+    );
+    forged["extension"] = lent["extension"].clone();
+    gw.put("PractitionerRole/role-forged", &forged)
+        .await
+        .expect(422);
+    // the delegation ends with the habilitation it came from
+    u1["active"] = json!(false);
+    gw.put(&format!("PractitionerRole/{U1}"), &u1)
+        .await
+        .expect(200);
+    locum.get(&format!("Task/{}", t[0])).await.expect(401);
+});
+
+on_both_engines!(deletions_follow_the_write_rules, |gw| {
+    let sr = world(&gw).await;
+    let draft_parts = json!([]);
+    let doc = gw.acting(DOC);
+    let draft = doc
+        .post("ServiceRequest", &dossier(draft_parts))
+        .await
+        .expect(201)
+        .json();
+    let t = send(&gw, &sr).await;
+    // requests and sent dossiers are cancelled, never deleted
+    doc.delete(&format!("Task/{}", t[0])).await.expect(422);
+    doc.delete(&format!("ServiceRequest/{sr}"))
+        .await
+        .expect(422);
+    // what a caller cannot see, it cannot delete
+    gw.acting(U1)
+        .delete(&format!("Task/{}", t[1]))
+        .await
+        .expect(404);
+    // a draft dossier: by its prescribing side only
+    let draft_id = draft["id"].as_str().unwrap();
+    gw.acting(U1)
+        .delete(&format!("ServiceRequest/{draft_id}"))
+        .await
+        .expect(404);
+    doc.delete(&format!("ServiceRequest/{draft_id}"))
+        .await
+        .expect(200);
+    doc.get(&format!("ServiceRequest/{draft_id}"))
+        .await
+        .expect(410);
+    // a habilitation: by a référent of its structure only
+    gw.acting(U2)
+        .delete(&format!("PractitionerRole/{U3}"))
+        .await
+        .expect(403);
+    gw.acting(DOC)
+        .get(&format!("Task/{}", t[0]))
+        .await
+        .expect(200);
 });

@@ -21,7 +21,7 @@ TYPES = {
     "DocumentReference": CRUD, "Binary": ["read", "vread", "update", "delete", "create",
                                           "history-instance"],
     "Provenance": ["read", "vread", "create", "history-instance", "history-type", "search-type"],
-    "AuditEvent": READ_ONLY, "Subscription": CRUD,
+    "AuditEvent": ["read", "search-type"], "Subscription": CRUD,
     # served so that the official R4 examples of the neighbouring types can be kept too
     "Encounter": CRUD, "Endpoint": CRUD, "CommunicationRequest": CRUD, "Bundle": CRUD,
     "CapabilityStatement": READ_ONLY, "StructureDefinition": READ_ONLY,
@@ -29,6 +29,9 @@ TYPES = {
     "ValueSet": READ_ONLY,
 }
 COMMON = ["_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"]
+# AuditEvents live in the append-only audit table (src/store/audit.rs), which keeps these
+# search columns only (src/audit/api.rs `columns`); they cannot be included or chained.
+LOG = {"AuditEvent": {"action", "agent", "date", "entity", "outcome", "patient", "subtype", "type"}}
 # The special parameters the server runs (src/fhir/search/mod.rs `near`).
 SPECIAL = {"http://hl7.org/fhir/SearchParameter/Location-near"}
 # Expressions outside the FHIRPath subset the server evaluates (src/fhir/search/fhirpath.rs).
@@ -51,8 +54,10 @@ for rtype, interactions in TYPES.items():
             continue
         if any(u in d.get("expression", "") for u in UNSUPPORTED):
             continue
+        if rtype in LOG and d["code"] not in LOG[rtype]:
+            continue
         params.append({"name": d["code"], "definition": d["url"], "type": d["type"]})
-        if d["type"] == "reference":
+        if d["type"] == "reference" and rtype not in LOG:
             includes.append(f"{rtype}:{d['code']}")
     entry = {
         "type": rtype,
@@ -79,7 +84,7 @@ for d in defs:
     if d["type"] != "reference":
         continue
     for base in d["base"]:
-        if base in TYPES and "search-type" in TYPES[base]:
+        if base in TYPES and "search-type" in TYPES[base] and base not in LOG:
             for t in d.get("target", []):
                 targets.setdefault(t, set()).add(f"{base}:{d['code']}")
 for r in resources:

@@ -538,7 +538,7 @@ impl Gateway {
                 Error::Unauthorized("the token's client is no longer registered".into())
             })?;
         if need.public {
-            return Ok(Caller::System(client_id.to_owned()));
+            return Ok(self.client_caller(client_id));
         }
         let rtype = need.rtype.as_deref();
         if let Some(missing) = need
@@ -551,7 +551,22 @@ impl Gateway {
                 rtype.unwrap_or("the whole server (system/*)")
             )));
         }
-        Ok(Caller::System(client_id.to_owned()))
+        Ok(self.client_caller(client_id))
+    }
+
+    /// A registered client as a caller: bound to its structure when it has one.
+    fn client_caller(&self, client_id: &str) -> Caller {
+        match self
+            .clients
+            .get(client_id)
+            .and_then(|c| c.config.organization.clone())
+        {
+            Some(organization) => Caller::Client(super::Client {
+                client_id: client_id.to_owned(),
+                organization,
+            }),
+            None => Caller::System(client_id.to_owned()),
+        }
     }
 }
 

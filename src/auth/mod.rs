@@ -44,8 +44,21 @@ pub enum Caller {
     Anonymous,
     /// A person acting through one valid habilitation.
     Person(Habilitation),
-    /// The gateway itself (timers) or one of its feeds (HL7 v2): audited as the system.
+    /// The gateway itself (timers, the ROR sync) or a registered system client with no
+    /// structure (a platform-wide feed): sees and may do what its scopes allow everywhere.
     System(String),
+    /// A registered system client acting for one structure (`[[auth.clients]]
+    /// organization`, e.g. an establishment's information system): within its scopes, it sees
+    /// and acts on that structure's data only, as a habilitation on that structure would.
+    Client(Client),
+}
+
+/// A system client bound to a structure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub client_id: String,
+    /// `Organization/<id>`.
+    pub organization: String,
 }
 
 /// One valid habilitation: a profile at a place (contract §4).
@@ -61,13 +74,40 @@ pub struct Habilitation {
     pub organization: Option<String>,
     /// `HealthcareService/<id>`: the units, when the habilitation sits on units.
     pub services: Vec<String>,
+    /// `PractitionerRole/<id>`: the habilitation this one was delegated from (`$delegate`),
+    /// on whose behalf its holder acts.
+    pub delegated_by: Option<String>,
 }
+
+/// The extension of a delegated habilitation naming the one it was delegated from.
+pub const DELEGATED_BY: &str = "https://passerelle.dev/fhir/StructureDefinition/delegated-by";
 
 impl Caller {
     pub fn habilitation(&self) -> Option<&Habilitation> {
         match self {
             Caller::Person(h) => Some(h),
             _ => None,
+        }
+    }
+
+    /// The structure a caller acts for, when it is bound to one: a client's, or a
+    /// habilitation's.
+    pub fn organization(&self) -> Option<&str> {
+        match self {
+            Caller::Person(h) => h.organization.as_deref(),
+            Caller::Client(c) => Some(&c.organization),
+            _ => None,
+        }
+    }
+
+    /// How the caller is named where no reference fits (audit, Provenance): the system or
+    /// client id.
+    pub fn display(&self) -> String {
+        match self {
+            Caller::Anonymous => "anonymous".to_owned(),
+            Caller::Person(h) => h.role.clone(),
+            Caller::System(s) => format!("system: {s}"),
+            Caller::Client(c) => format!("system: {} ({})", c.client_id, c.organization),
         }
     }
 
@@ -123,6 +163,12 @@ pub fn habilitation(role_id: &str, role: &Value, now: i64) -> Option<Habilitatio
             .flatten()
             .filter_map(|s| local(s, "HealthcareService"))
             .collect(),
+        delegated_by: role["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["url"] == DELEGATED_BY)
+            .and_then(|e| local(&e["valueReference"], "PractitionerRole")),
     })
 }
 
@@ -246,19 +292,46 @@ pub async fn dev_caller(store: &Store, header: Option<&str>) -> Result<Caller> {
                 "X-Passerelle-Role must be `PractitionerRole/<id>`, not `{value}`"
             ))
         })?;
-    let stored = store.current("PractitionerRole", id).await?;
-    let body = stored
-        .filter(|s| !s.deleted)
-        .and_then(|s| s.body)
-        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-        .ok_or_else(|| Error::Unauthorized(format!("no habilitation PractitionerRole/{id}")))?;
-    habilitation(id, &body, store.clock().now())
-        .map(Caller::Person)
-        .ok_or_else(|| {
-            Error::Unauthorized(format!(
-                "PractitionerRole/{id} is not a valid habilitation now (inactive, out of its period, or without a {PROFILE_SYSTEM} code)"
-            ))
-        })
+    let now = store.clock().now();
+    let hab = valid_habilitation(store, id, now).await?.ok_or_else(|| {
+        Error::Unauthorized(format!(
+            "PractitionerRole/{id} is not a valid habilitation now (missing, inactive, out of its period, without a {PROFILE_SYSTEM} code, or delegated from one that is not)"
+        ))
+    })?;
+    Ok(Caller::Person(hab))
+}
+
+/// The stored habilitation `PractitionerRole/<id>` if it is valid at `now`; a delegated one
+/// only while the habilitation it was delegated from is valid too.
+pub async fn valid_habilitation(store: &Store, id: &str, now: i64) -> Result<Option<Habilitation>> {
+    let load = |id: String| async move {
+        Ok::<_, Error>(
+            store
+                .current("PractitionerRole", &id)
+                .await?
+                .filter(|s| !s.deleted)
+                .and_then(|s| s.body)
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok()),
+        )
+    };
+    let Some(hab) = load(id.to_owned())
+        .await?
+        .and_then(|body| habilitation(id, &body, now))
+    else {
+        return Ok(None);
+    };
+    if let Some(from) = &hab.delegated_by {
+        let from_id = from.trim_start_matches("PractitionerRole/").to_owned();
+        let delegator = load(from_id.clone()).await?;
+        // a delegation lasts as long as what it was delegated from (one level: never a chain)
+        if delegator
+            .and_then(|b| habilitation(&from_id, &b, now))
+            .is_none_or(|d| d.delegated_by.is_some())
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(hab))
 }
 
 #[cfg(test)]

@@ -102,7 +102,41 @@ pub async fn search(
                 .is_none_or(|b| fhir.workflow.visible(caller, &r.rtype, b))
         });
     }
+    Ok(searchset(
+        fhir,
+        rtype,
+        &s,
+        Page {
+            rows: &rows,
+            included: &included,
+            has_next,
+            total,
+            warnings: &warnings,
+        },
+    ))
+}
 
+/// One page of search results, as found.
+pub struct Page<'a> {
+    pub rows: &'a [Stored],
+    pub included: &'a [Stored],
+    /// More matches follow this page.
+    pub has_next: bool,
+    /// The number of matches, when known.
+    pub total: Option<i64>,
+    pub warnings: &'a [Issue],
+}
+
+/// The searchset Bundle of a page: its links, matches, includes and the outcome of what the
+/// search left out.
+pub fn searchset(fhir: &Fhir, rtype: &str, s: &Search, page: Page<'_>) -> Resp {
+    let Page {
+        rows,
+        included,
+        has_next,
+        total,
+        warnings,
+    } = page;
     let mut out = String::with_capacity(256 + rows.len() * 2500);
     let _ = write!(
         out,
@@ -148,26 +182,26 @@ pub async fn search(
         );
     }
     out.push_str(r#"],"entry":["#);
-    for r in &rows {
+    for r in rows {
         if let Some(body) = &r.body {
             entry(
                 &mut out,
                 fhir,
                 &r.rtype,
                 &r.id,
-                &view(fhir, &s, body),
+                &view(fhir, s, body),
                 "match",
             );
         }
     }
-    for r in &included {
+    for r in included {
         if let Some(body) = &r.body {
             entry(
                 &mut out,
                 fhir,
                 &r.rtype,
                 &r.id,
-                &view(fhir, &s, body),
+                &view(fhir, s, body),
                 "include",
             );
         }
@@ -179,7 +213,7 @@ pub async fn search(
         let _ = write!(
             out,
             r#"{{"resource":{},"search":{{"mode":"outcome"}}}}"#,
-            outcome(&warnings)
+            outcome(warnings)
         );
     }
     out.push_str("]}");
@@ -187,7 +221,7 @@ pub async fn search(
         out.truncate(out.len() - r#","entry":[]}"#.len());
         out.push('}');
     }
-    Ok(Resp {
+    Resp {
         status: StatusCode::OK,
         body: Body::Raw(out),
         is_resource: false,
@@ -195,7 +229,7 @@ pub async fn search(
         last_modified: None,
         location: None,
         issues: Vec::new(),
-    })
+    }
 }
 
 async fn includes(

@@ -17,6 +17,7 @@ use super::model::Model;
 use super::patch;
 use super::search::{self, Paging, Search, registry::Registry};
 use super::validate::validate_resource;
+use crate::audit::api as audit;
 use crate::auth::Caller;
 use crate::store::{Conn, IndexRow, NewVersion, Store, Stored, Tx};
 use crate::time::{Micros, format_instant};
@@ -444,7 +445,7 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
         }
         (&Method::DELETE, Route::Instance(t, id)) => {
             fhir.check_type(t, "delete")?;
-            delete(fhir, tx, t, id, req.if_match).await
+            delete(fhir, tx, &req.caller, t, id, req.if_match).await
         }
         (&Method::DELETE, Route::Type(t)) => {
             fhir.check_type(t, "delete")?;
@@ -453,7 +454,7 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
                 [] => Ok(deleted_outcome(format!("no {t} matched: nothing deleted"))),
                 [one] => {
                     let id = one.id.clone();
-                    delete(fhir, tx, t, &id, None).await
+                    delete(fhir, tx, &req.caller, t, &id, None).await
                 }
                 _ => Err(Error::PreconditionFailed(format!(
                     "conditional delete: the criteria match more than one {t}"
@@ -717,6 +718,7 @@ fn deleted_outcome(msg: String) -> Resp {
 async fn delete(
     fhir: &Fhir,
     tx: &mut Tx<'_>,
+    caller: &Caller,
     rtype: &str,
     id: &str,
     if_match: Option<i64>,
@@ -735,6 +737,15 @@ async fn delete(
             "{rtype}/{id} does not exist: nothing deleted"
         )));
     };
+    if let Some(old) = cur
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<Value>(b).ok())
+    {
+        fhir.workflow
+            .before_delete(fhir, tx, caller, rtype, id, &old)
+            .await?;
+    }
     let stored = tx
         .put(NewVersion {
             rtype,
@@ -756,6 +767,11 @@ async fn delete(
 pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
     match (&req.method, &req.route) {
         (&Method::GET, Route::Metadata) => Ok(Resp::json(StatusCode::OK, fhir.capability.clone())),
+        (&Method::GET, Route::Instance(t, id)) if t == audit::TYPE => {
+            fhir.check_type(t, "read")?;
+            let cur = audit::read(&fhir.store, id).await?;
+            instance(fhir, req, t, id, cur)
+        }
         (&Method::GET, Route::Instance(t, id)) => {
             fhir.check_type(t, "read")?;
             let cur = conn.current(t, id, false).await?;
@@ -793,6 +809,9 @@ pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
         (&Method::GET, Route::Type(t)) | (&Method::POST, Route::TypeSearch(t)) => {
             fhir.check_type(t, "search-type")?;
             let mut s = fhir.parse_search(t, &req.query, req.strict)?;
+            if t == audit::TYPE {
+                return audit::search(fhir, conn, s).await;
+            }
             // what the caller may not see is not found (requests, dossiers and unit notes of
             // other places)
             if fhir.registry.param(t, "visible-to").is_some()
@@ -992,7 +1011,11 @@ pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
     // The hottest read goes through the store's cache, without a pooled connection.
     if let (&Method::GET, Route::Instance(t, id)) = (&req.method, &req.route) {
         fhir.check_type(t, "read")?;
-        let cur = fhir.store.current(t, id).await?;
+        let cur = if t == audit::TYPE {
+            audit::read(&fhir.store, id).await?
+        } else {
+            fhir.store.current(t, id).await?
+        };
         return instance(fhir, &req, t, id, cur);
     }
     if req.is_write() {

@@ -129,8 +129,9 @@ pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response
     }
     if access.audited() {
         let now = edge.fhir.store.clock().now();
-        let event = access.event(response.status().as_u16(), error.as_deref(), now);
-        edge.audit.record(event).await;
+        for event in access.events(response.status().as_u16(), error.as_deref(), now) {
+            edge.audit.record(event).await;
+        }
     }
     response
 }

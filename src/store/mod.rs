@@ -17,7 +17,6 @@
 
 mod query;
 mod schema;
-pub use sync_state::SyncState;
 
 use std::any::Any;
 use std::str::FromStr;
@@ -32,6 +31,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqliteConnectio
 use tokio::sync::{mpsc, oneshot};
 
 pub use query::{Arg, Check, Cmp, Filter, Query, Sort, SortKey, Table, like_escape};
+pub use sync_state::SyncState;
 
 use crate::time::{Clock, Micros, to_millis_precision};
 
@@ -622,6 +622,7 @@ async fn run_job(
 struct Rows {
     resources: Vec<NewResource>,
     index: Vec<(i64, IndexRow)>,
+    audit: Vec<AuditRow>,
 }
 
 struct NewResource {
@@ -636,17 +637,19 @@ struct NewResource {
 
 impl Rows {
     fn is_empty(&self) -> bool {
-        self.resources.is_empty() && self.index.is_empty()
+        self.resources.is_empty() && self.index.is_empty() && self.audit.is_empty()
     }
 
     fn clear(&mut self) {
         self.resources.clear();
         self.index.clear();
+        self.audit.clear();
     }
 
     fn append(&mut self, other: &mut Rows) {
         self.resources.append(&mut other.resources);
         self.index.append(&mut other.index);
+        self.audit.append(&mut other.audit);
     }
 
     fn has(&self, rtype: &str, id: &str) -> bool {
@@ -667,6 +670,7 @@ impl Rows {
                 "INSERT INTO resources (rid, rtype, id, version, last_updated, deleted) VALUES ",
                 6,
                 chunk.len(),
+                true,
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for r in chunk {
@@ -683,6 +687,7 @@ impl Rows {
                 "INSERT INTO versions (rid, version, last_updated, method, body) VALUES ",
                 5,
                 chunk.len(),
+                true,
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for r in chunk {
@@ -702,7 +707,7 @@ impl Rows {
         for rows in &by_table {
             for chunk in chunks(rows) {
                 let (_, head, columns) = index_table(chunk[0].1);
-                let sql = values_sql(head, columns, chunk.len());
+                let sql = values_sql(head, columns, chunk.len(), true);
                 let mut q = sqlx::query(AssertSqlSafe(sql));
                 for (rid, row) in chunk {
                     q = q.bind(*rid);
@@ -750,6 +755,9 @@ impl Rows {
                 q.execute(&mut *conn).await?;
             }
         }
+        if !self.audit.is_empty() {
+            audit::insert(&mut Conn::Sqlite(&mut *conn, None), &self.audit, true).await?;
+        }
         Ok(())
     }
 }
@@ -767,8 +775,11 @@ fn chunks<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// `head` followed by `rows` groups of `columns` placeholders.
-fn values_sql(head: &str, columns: usize, rows: usize) -> String {
+/// `head` followed by `rows` groups of `columns` placeholders: `$n` (both engines), or
+/// SQLite's anonymous `?` when `positional` (with numbered or named ones, sqlx's bind asks
+/// sqlite3_bind_parameter_name for each, which scans every parameter: quadratic in a
+/// multi-row INSERT).
+fn values_sql(head: &str, columns: usize, rows: usize, positional: bool) -> String {
     use std::fmt::Write;
     let mut sql = String::with_capacity(head.len() + rows * columns * 5);
     sql.push_str(head);
@@ -777,7 +788,12 @@ fn values_sql(head: &str, columns: usize, rows: usize) -> String {
         sql.push_str(if r == 0 { "(" } else { ", (" });
         for c in 0..columns {
             n += 1;
-            let _ = write!(sql, "{}${n}", if c == 0 { "" } else { ", " });
+            let sep = if c == 0 { "" } else { ", " };
+            if positional {
+                let _ = write!(sql, "{sep}?");
+            } else {
+                let _ = write!(sql, "{sep}${n}");
+            }
         }
         sql.push(')');
     }
@@ -899,9 +915,6 @@ macro_rules! on_conn {
     };
 }
 
-// after `on_conn!`, which it uses
-mod sync_state;
-
 macro_rules! bind_args {
     ($q:expr, $args:expr) => {{
         let mut q = $q;
@@ -915,6 +928,11 @@ macro_rules! bind_args {
         q
     }};
 }
+
+// after `on_conn!` and `bind_args!`, which they use
+mod audit;
+mod sync_state;
+pub use audit::{AuditRow, LogColumn, LogQueryError, LoggedEvent};
 
 const STORED_COLUMNS: &str = "r.rid, r.rtype, r.id, r.version, r.last_updated, r.deleted, v.body";
 
@@ -1268,6 +1286,19 @@ impl<'c> Tx<'c> {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Appends events to the audit trail (on SQLite held back with the batch's new rows, and
+    /// written just before its COMMIT).
+    pub async fn append_audit(&mut self, rows: Vec<AuditRow>) -> Result<(), StoreError> {
+        match &mut self.conn {
+            Conn::Sqlite(_, Some(b)) => {
+                b.job.audit.extend(rows);
+                Ok(())
+            }
+            Conn::Sqlite(_, None) => audit::insert(&mut self.conn, &rows, true).await,
+            Conn::Pg(_) => audit::insert(&mut self.conn, &rows, false).await,
+        }
     }
 
     /// The next value of a named counter (1, 2, …), taken inside this job: never given twice

@@ -29,6 +29,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_sync_state.sql"),
         postgres: include_str!("../../migrations/postgres/0003_sync_state.sql"),
     },
+    Migration {
+        version: 5,
+        name: "audit_events",
+        sqlite: include_str!("../../migrations/sqlite/0005_audit_events.sql"),
+        postgres: include_str!("../../migrations/postgres/0005_audit_events.sql"),
+    },
 ];
 
 /// Applies the missing migrations; returns how many ran.

@@ -10,6 +10,7 @@
 //!   [`Workflow::operation`] for the named operations — and the side effects (siblings,
 //!   dossier status, Communications, Provenance).
 
+pub mod accounts;
 pub mod dashboard;
 pub mod moves;
 pub mod observatory;
@@ -112,6 +113,7 @@ fn caller_places(caller: &Caller) -> Vec<String> {
             }
             v
         }
+        Caller::Client(c) => vec![c.organization.clone()],
         _ => Vec::new(),
     }
 }
@@ -232,9 +234,10 @@ impl Workflow {
         match caller {
             Caller::System(_) => None,
             Caller::Anonymous => Some(vec!["all".into()]),
-            Caller::Person(_) => {
+            Caller::Person(_) | Caller::Client(_) => {
                 // as for moves: a habilitation on units covers those units; one on a
-                // structure, the structure's; and what names the habilitation itself
+                // structure (or a client bound to one), the structure's; and what names the
+                // habilitation itself
                 let mut v = vec!["all".to_owned()];
                 v.extend(caller_places(caller));
                 Some(v)
@@ -290,10 +293,14 @@ impl Workflow {
     }
 
     /// AuditEvents (and the référent report) are read by the habilitations that manage
-    /// accounts (référents) and by the system.
+    /// accounts (référents) and by the platform-wide system.
     pub fn may_read_audit(&self, caller: &Caller) -> Result<()> {
         match caller {
             Caller::System(_) => Ok(()),
+            Caller::Client(c) => Err(Error::forbidden(format!(
+                "the audit trail is read by référents and platform-wide system clients, not by {}, bound to {}",
+                c.client_id, c.organization
+            ))),
             Caller::Anonymous => Err(Error::Unauthorized(
                 "the audit trail needs an identified référent".into(),
             )),
@@ -387,7 +394,11 @@ impl Workflow {
                 keep_or_set_labels(caller, old, body, "Patient");
                 Ok(())
             }
-            "PractitionerRole" => self.habilitation_write(tx, caller, old, body).await,
+            "PractitionerRole" => {
+                self.habilitation_write(tx, caller, old, body).await?;
+                self.habilitation_written(fhir, tx, caller, id, old, Some(body))
+                    .await
+            }
             _ => Ok(()),
         }
     }
@@ -535,6 +546,32 @@ impl Workflow {
         old: Option<&Value>,
         body: &Value,
     ) -> Result<()> {
+        let delegation = |r: Option<&Value>| {
+            r.and_then(|r| r["extension"].as_array())
+                .into_iter()
+                .flatten()
+                .find(|e| e["url"] == crate::auth::DELEGATED_BY)
+                .cloned()
+        };
+        if !matches!(caller, Caller::System(_)) && delegation(old) != delegation(Some(body)) {
+            return Err(rule(
+                "delegated-by",
+                "a delegation is made by PractitionerRole/[id]/$delegate, not written",
+            ));
+        }
+        if let Caller::Client(c) = caller {
+            // a client bound to a structure sets up accounts in that structure only
+            for role in old.into_iter().chain(std::iter::once(body)) {
+                let places = self.habilitation_places(tx, role).await?;
+                if places.is_empty() || places.iter().any(|p| *p != c.organization) {
+                    return Err(Error::forbidden(format!(
+                        "the client {} grants habilitations in {} only",
+                        c.client_id, c.organization
+                    )));
+                }
+            }
+            return Ok(());
+        }
         let Caller::Person(h) = caller else {
             return Ok(());
         };
@@ -553,20 +590,7 @@ impl Workflow {
         };
         // the structure(s) the habilitation sits in, before and after the change
         for role in old.into_iter().chain(std::iter::once(body)) {
-            let mut places: Vec<String> = role["organization"]["reference"]
-                .as_str()
-                .map(str::to_owned)
-                .into_iter()
-                .collect();
-            for u in role["healthcareService"].as_array().into_iter().flatten() {
-                if let Some(unit) = reference_id(u, "HealthcareService")
-                    && let Some(org) = live(tx, "HealthcareService", &unit, false)
-                        .await?
-                        .and_then(|x| reference_id(&x.body["providedBy"], "Organization"))
-                {
-                    places.push(format!("Organization/{org}"));
-                }
-            }
+            let places = self.habilitation_places(tx, role).await?;
             if places.is_empty() || places.iter().any(|p| p != mine) {
                 return Err(Error::forbidden(format!(
                     "a référent of {mine} grants habilitations in that structure only"
@@ -579,6 +603,69 @@ impl Workflow {
             }
         }
         Ok(())
+    }
+
+    /// Who may delete a resource: as who may write it. A request (AdmissionTask) or a sent
+    /// dossier is never deleted (they are cancelled); a draft dossier, a part, a message, a
+    /// patient only by who may write them and see them; a habilitation as it is granted,
+    /// with the accounts it touches settled.
+    pub async fn before_delete(
+        &self,
+        fhir: &Fhir,
+        tx: &mut Tx<'_>,
+        caller: &Caller,
+        rtype: &str,
+        id: &str,
+        old: &Value,
+    ) -> Result<()> {
+        let text = old.to_string();
+        if !self.visible(caller, rtype, &text) {
+            return Err(Error::NotFound(format!("{rtype}/{id} not found")));
+        }
+        match rtype {
+            "Task" if declares(old, ADMISSION_TASK) => Err(rule(
+                "tasks-not-deleted",
+                "a request is never deleted: cancel it ($cancel), the unit withdraws or refuses it",
+            )),
+            "ServiceRequest" if declares(old, ADMISSION_REQUEST) => {
+                if old["status"] != "draft" {
+                    return Err(rule(
+                        "dossier-not-deleted",
+                        "a sent dossier is never deleted: cancel it (ServiceRequest/[id]/$cancel)",
+                    ));
+                }
+                self.dossier_write(fhir, tx, caller, id, Some(old), &mut old.clone())
+                    .await
+            }
+            "QuestionnaireResponse" => self.part_write(caller, old),
+            "Communication" => self.communication_write(tx, caller, &mut old.clone()).await,
+            "PractitionerRole" => {
+                self.habilitation_write(tx, caller, Some(old), old).await?;
+                self.habilitation_written(fhir, tx, caller, id, Some(old), None)
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The structures a habilitation sits in: its `organization`, and its units'
+    /// establishments.
+    async fn habilitation_places(&self, tx: &mut Tx<'_>, role: &Value) -> Result<Vec<String>> {
+        let mut places: Vec<String> = role["organization"]["reference"]
+            .as_str()
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        for u in role["healthcareService"].as_array().into_iter().flatten() {
+            if let Some(unit) = reference_id(u, "HealthcareService")
+                && let Some(org) = live(tx, "HealthcareService", &unit, false)
+                    .await?
+                    .and_then(|x| reference_id(&x.body["providedBy"], "Organization"))
+            {
+                places.push(format!("Organization/{org}"));
+            }
+        }
+        Ok(places)
     }
 
     /// The structures with fewer than two valid référents (domain.md: there must be two,
@@ -675,8 +762,7 @@ impl Workflow {
         old: Option<&Value>,
         body: &mut Value,
     ) -> Result<()> {
-        let h = match caller {
-            Caller::Person(h) => h,
+        match caller {
             Caller::System(_) => return Ok(()),
             Caller::Anonymous => {
                 return Err(Error::Unauthorized(
@@ -684,18 +770,19 @@ impl Workflow {
                         .into(),
                 ));
             }
-        };
-        if !self.rules.has_right(&h.profile, "request-create") {
-            return Err(Error::forbidden(format!(
-                "the profile `{}` may not write a dossier (right request-create)",
-                h.profile
-            )));
+            Caller::Person(h) if !self.rules.has_right(&h.profile, "request-create") => {
+                return Err(Error::forbidden(format!(
+                    "the profile `{}` may not write a dossier (right request-create)",
+                    h.profile
+                )));
+            }
+            Caller::Person(_) | Caller::Client(_) => {}
         }
         let requester = body["requester"].clone();
         if !self.is_sending(tx, caller, &requester).await? {
             return Err(Error::forbidden(format!(
                 "{} is not of the structure of the dossier's requester",
-                h.role
+                caller.display()
             )));
         }
         let ours = |v: &Value| -> Vec<Value> {
@@ -850,16 +937,15 @@ impl Workflow {
         caller: &Caller,
         requester: &Value,
     ) -> Result<bool> {
-        let Caller::Person(h) = caller else {
-            return Ok(false);
-        };
         let Some(rid) = reference_id(requester, "PractitionerRole") else {
             return Ok(false);
         };
-        if h.role == format!("PractitionerRole/{rid}") {
+        if let Caller::Person(h) = caller
+            && h.role == format!("PractitionerRole/{rid}")
+        {
             return Ok(true);
         }
-        let Some(org) = &h.organization else {
+        let Some(org) = caller.organization() else {
             return Ok(false);
         };
         Ok(live(tx, "PractitionerRole", &rid, false)
@@ -870,18 +956,18 @@ impl Workflow {
 
     /// Whether the caller's habilitation covers a request's unit (`owner`).
     async fn is_receiving(&self, tx: &mut Tx<'_>, caller: &Caller, owner: &Value) -> Result<bool> {
-        let Caller::Person(h) = caller else {
-            return Ok(false);
-        };
         let Some(unit) = reference_id(owner, "HealthcareService") else {
             return Ok(false);
         };
         let unit_ref = format!("HealthcareService/{unit}");
-        // a habilitation on units covers those units; one on a structure, all its units
-        if !h.services.is_empty() {
+        // a habilitation on units covers those units; one on a structure (or a client bound
+        // to it), all its units
+        if let Caller::Person(h) = caller
+            && !h.services.is_empty()
+        {
             return Ok(h.services.contains(&unit_ref));
         }
-        let Some(org) = &h.organization else {
+        let Some(org) = caller.organization() else {
             return Ok(false);
         };
         Ok(live(tx, "HealthcareService", &unit, false)
@@ -1087,21 +1173,7 @@ impl Workflow {
         move_name: &str,
         on_behalf_of: Option<String>,
     ) -> Result<()> {
-        let who = match caller {
-            Caller::Person(h) => json!({"reference": h.role}),
-            Caller::System(s) => json!({"display": format!("Passerelle ({s})")}),
-            Caller::Anonymous => json!({"display": "anonymous"}),
-        };
-        let mut agent = json!({
-            "type": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                "code": "author"
-            }]},
-            "who": who,
-        });
-        if let Some(b) = on_behalf_of {
-            agent["onBehalfOf"] = json!({"reference": b});
-        }
+        let agent = author(caller, on_behalf_of);
         let mut p = json!({
             "resourceType": "Provenance",
             "target": [{"reference": target}],
@@ -1199,6 +1271,7 @@ impl Workflow {
             ("ServiceRequest", "update") => self.update_dossier(fhir, tx, req, id, &params).await,
             ("ServiceRequest", "copy") => self.copy_dossier(fhir, tx, req, id, &params).await,
             ("Task", "remind") => self.remind(fhir, tx, req, id, &input).await,
+            ("PractitionerRole", "delegate") => self.delegate(fhir, tx, req, id, &params).await,
             ("Task", _) => {
                 let mv = self
                     .rules
@@ -1275,26 +1348,25 @@ impl Workflow {
         sr: &Value,
         op: &str,
     ) -> Result<()> {
-        let h = match caller {
-            Caller::Person(h) => h,
+        match caller {
             Caller::System(_) => return Ok(()),
             Caller::Anonymous => {
                 return Err(Error::Unauthorized(format!(
                     "${op} needs an identified caller (X-Passerelle-Role in dev mode)"
                 )));
             }
-        };
-        let allowed = self.rules.has_right(&h.profile, "request-send");
-        if !allowed {
-            return Err(Error::forbidden(format!(
-                "${op} needs the right `request-send`, which the profile `{}` does not have",
-                h.profile
-            )));
+            Caller::Person(h) if !self.rules.has_right(&h.profile, "request-send") => {
+                return Err(Error::forbidden(format!(
+                    "${op} needs the right `request-send`, which the profile `{}` does not have",
+                    h.profile
+                )));
+            }
+            Caller::Person(_) | Caller::Client(_) => {}
         }
         if !self.is_sending(tx, caller, &sr["requester"]).await? {
             return Err(Error::forbidden(format!(
                 "${op} is made by the dossier's prescribing structure; {} is not of it",
-                h.role
+                caller.display()
             )));
         }
         Ok(())
@@ -1763,6 +1835,30 @@ enum Recipient {
 }
 
 /// An operation's input parameters, by name (their `value[x]`).
+/// The author agent of a Provenance: the caller, on behalf of `on_behalf_of` or, for a
+/// delegate, of the habilitation it was delegated from.
+fn author(caller: &Caller, on_behalf_of: Option<String>) -> Value {
+    let who = match caller {
+        Caller::Person(h) => json!({"reference": h.role}),
+        Caller::System(s) => json!({"display": format!("Passerelle ({s})")}),
+        Caller::Client(c) => json!({"display": format!("Passerelle ({})", c.client_id)}),
+        Caller::Anonymous => json!({"display": "anonymous"}),
+    };
+    let mut agent = json!({
+        "type": {"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+            "code": "author"
+        }]},
+        "who": who,
+    });
+    let on_behalf_of =
+        on_behalf_of.or_else(|| caller.habilitation().and_then(|h| h.delegated_by.clone()));
+    if let Some(b) = on_behalf_of {
+        agent["onBehalfOf"] = json!({"reference": b});
+    }
+    agent
+}
+
 struct Params(BTreeMap<String, Vec<Value>>);
 
 impl Params {

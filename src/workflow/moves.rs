@@ -402,6 +402,22 @@ pub fn authorize(
                 )))
             }
         }
+        // a client bound to a structure makes the system's moves on that structure's
+        // requests only (its units' as the receiving side, its dossiers' as the sending one)
+        Caller::Client(c) => {
+            if !mv.by.contains(&Side::System) {
+                Err(Error::forbidden(format!(
+                    "{name} is not made by a system client"
+                )))
+            } else if standing.receiving || standing.sending {
+                Ok(())
+            } else {
+                Err(Error::forbidden(format!(
+                    "{name}: this request is not of {}, the structure of the client {}",
+                    c.organization, c.client_id
+                )))
+            }
+        }
         Caller::Person(h) => {
             let profile = rules.profiles.get(&h.profile).ok_or_else(|| {
                 Error::forbidden(format!("unknown habilitation profile `{}`", h.profile))
@@ -565,6 +581,7 @@ mod tests {
                 profile: profile.into(),
                 organization: None,
                 services: vec![],
+                delegated_by: None,
             })
         };
         let unit = Standing {

@@ -19,6 +19,10 @@ pub fn code_system(id: &str) -> String {
 /// The shipped files the rules come from, compiled in.
 pub const PROFILE_FILES: &[(&str, &str)] = &[
     (
+        "CodeSystem-account-event.json",
+        include_str!("../../profiles/CodeSystem-account-event.json"),
+    ),
+    (
         "CodeSystem-business-status.json",
         include_str!("../../profiles/CodeSystem-business-status.json"),
     ),
@@ -136,6 +140,10 @@ pub const OPERATION_FILES: &[(&str, &str)] = &[
     (
         "OperationDefinition-copy.json",
         include_str!("../../conformance/OperationDefinition-copy.json"),
+    ),
+    (
+        "OperationDefinition-delegate.json",
+        include_str!("../../conformance/OperationDefinition-delegate.json"),
     ),
     (
         "OperationDefinition-mark-read.json",
@@ -323,6 +331,8 @@ pub struct Rules {
     pub output_types: BTreeMap<String, String>,
     /// Communication category → who sees it (`owner-unit`, `both-sides`).
     pub categories: BTreeMap<String, String>,
+    /// Account event code → its display (the account history's Provenance activities).
+    pub account_events: BTreeMap<String, String>,
     pub operations: BTreeMap<String, Operation>,
     /// Business status → dashboard tab; and the tab of archived requests, and the tabs'
     /// code system.
@@ -516,6 +526,13 @@ impl Rules {
                     .unwrap_or("dateTime")
                     .to_owned();
                 (code.to_owned(), t)
+            })
+            .collect();
+        let f = "CodeSystem-account-event.json";
+        let account_events = concepts(file(f)?)
+            .map(|(code, c)| {
+                let display = c["display"].as_str().unwrap_or(code).to_owned();
+                (code.to_owned(), display)
             })
             .collect();
         let f = "CodeSystem-communication-category.json";
@@ -783,6 +800,7 @@ impl Rules {
             profiles,
             output_types,
             categories,
+            account_events,
             operations,
             files,
         })
@@ -866,7 +884,8 @@ mod tests {
                         "remind",
                         "observatory",
                         "copy",
-                        "referents"
+                        "referents",
+                        "delegate"
                     ]
                     .contains(&name.as_str()),
                 "{name}"

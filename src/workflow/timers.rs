@@ -33,6 +33,8 @@ pub struct Report {
     pub reminded: usize,
     pub cancelled: usize,
     pub archived: usize,
+    /// Accounts deactivated (or reactivated) as their habilitations ended.
+    pub accounts: usize,
 }
 
 fn system() -> Caller {
@@ -61,16 +63,19 @@ pub async fn tick(fhir: &Arc<Fhir>) -> Result<Report> {
     let archived = archive(fhir).await?;
     let cancelled = auto_cancel(fhir).await?;
     let reminded = auto_remind(fhir).await?;
+    let accounts = fhir.workflow.sweep_accounts(fhir).await?;
     let report = Report {
         reminded,
         cancelled,
         archived,
+        accounts,
     };
     if report != Report::default() {
         tracing::info!(
             reminded = report.reminded,
             cancelled = report.cancelled,
             archived = report.archived,
+            accounts = report.accounts,
             "workflow timers"
         );
     }
