@@ -899,8 +899,11 @@ macro_rules! on_conn {
     };
 }
 
-// after `on_conn!`, which it uses
+// after `on_conn!`, which they use
+mod auth_state;
 mod sync_state;
+
+pub use auth_state::{PendingSignIn, SessionRow};
 
 macro_rules! bind_args {
     ($q:expr, $args:expr) => {{
@@ -949,6 +952,15 @@ impl Conn<'_> {
     async fn sync(&mut self) -> Result<(), StoreError> {
         if let Conn::Sqlite(c, Some(b)) = self {
             b.flush(c).await?;
+        }
+        Ok(())
+    }
+
+    /// Before a job writes a table of its own directly (not a resource): inside the SQLite
+    /// batch, the job's savepoint, so that a failing job rolls back alone.
+    async fn before_direct_write(&mut self) -> Result<(), StoreError> {
+        if let Conn::Sqlite(c, Some(b)) = self {
+            b.savepoint(c).await?;
         }
         Ok(())
     }

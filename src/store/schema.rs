@@ -29,6 +29,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0003_sync_state.sql"),
         postgres: include_str!("../../migrations/postgres/0003_sync_state.sql"),
     },
+    Migration {
+        version: 4,
+        name: "auth_state",
+        sqlite: include_str!("../../migrations/sqlite/0004_auth_state.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_auth_state.sql"),
+    },
 ];
 
 /// Applies the missing migrations; returns how many ran.
