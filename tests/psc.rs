@@ -314,7 +314,15 @@ struct Psc {
     http: reqwest::Client,
     app: App,
     database_url: String,
+    /// The system client's key set file (removed on drop).
+    dir: PathBuf,
     _guard: Option<Guard>,
+}
+
+impl Drop for Psc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn client_key() -> (EncodingKey, JwkSet) {
@@ -440,6 +448,7 @@ async fn start(o: Opts, listener: tokio::net::TcpListener) -> Option<Psc> {
         http: http_client(o.tls_ca.as_deref(), None),
         app,
         database_url: url,
+        dir,
         _guard: guard,
     })
 }
