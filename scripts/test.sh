@@ -46,6 +46,13 @@ if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 export TEST_REQUIRE_OIDC=1
+# tests/psc.rs makes its test CA and certificates with the openssl command
+if ! command -v openssl >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q openssl >/dev/null \
+    || { $sudo_cmd apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q openssl >/dev/null; }
+fi
 
 # The XML reader under a fuzzer for a bounded time (FUZZ_SECONDS=0 skips it).
 if [ "${FUZZ_SECONDS:-30}" -gt 0 ]; then

@@ -217,9 +217,13 @@ pub struct PscConfig {
     pub client_id: String,
     pub client_secret: Option<Secret>,
     pub client_secret_file: Option<PathBuf>,
-    /// Mutual TLS towards PSC (PEM files): not implemented yet, refused at start.
+    /// Mutual TLS towards PSC (PEM files, IGC-Santé ORG AUTH_CLI): presented on every call
+    /// to PSC; without `client_secret` the gateway authenticates by it (`tls_client_auth`)
+    /// at the `mtls_endpoint_aliases` when PSC publishes them.
     pub tls_client_cert: Option<PathBuf>,
     pub tls_client_key: Option<PathBuf>,
+    /// Extra trusted roots (PEM) for PSC's server certificate, beside the system's.
+    pub tls_ca_file: Option<PathBuf>,
     /// Default `{base_url}/auth/callback`.
     pub redirect_url: Option<String>,
     pub scopes: Vec<String>,
@@ -252,6 +256,7 @@ impl Default for PscConfig {
             client_secret_file: None,
             tls_client_cert: None,
             tls_client_key: None,
+            tls_ca_file: None,
             redirect_url: None,
             scopes: vec!["openid".into(), "scope_all".into()],
             acr_values: vec!["eidas1".into()],
@@ -280,6 +285,13 @@ pub struct AuthConfig {
     /// Longest lifetime accepted for a client assertion (`exp - now`), SMART: 5 minutes.
     pub assertion_max_lifetime_seconds: u32,
     pub clients: Vec<ClientConfig>,
+    /// The terms of use every user accepts once before first use (Markdown). Unset: the
+    /// shipped `docs/terms-of-use.md`, compiled into the binary.
+    pub terms_file: Option<PathBuf>,
+    /// The version of those terms: a new version needs a new acceptance. Required with
+    /// `terms_file`; default the shipped text's version.
+    #[serde(deserialize_with = "text_or_number")]
+    pub terms_version: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -289,6 +301,8 @@ impl Default for AuthConfig {
             token_lifetime_seconds: 900,
             assertion_max_lifetime_seconds: 300,
             clients: Vec::new(),
+            terms_file: None,
+            terms_version: None,
         }
     }
 }
@@ -453,12 +467,35 @@ impl Config {
                     "set client_secret or client_secret_file, not both",
                 ));
             }
-            if psc.tls_client_cert.is_some() || psc.tls_client_key.is_some() {
+            if psc.tls_client_cert.is_some() != psc.tls_client_key.is_some() {
                 return Err(invalid(
-                    "tls_client_cert",
-                    "mutual TLS towards Pro Santé Connect is not implemented yet: use client_secret",
+                    "tls_client_key",
+                    "tls_client_cert and tls_client_key go together",
                 ));
             }
+            if psc.client_secret.is_none()
+                && psc.client_secret_file.is_none()
+                && psc.tls_client_cert.is_none()
+            {
+                return Err(invalid(
+                    "client_secret",
+                    "set client_secret or client_secret_file (client_secret_basic), or tls_client_cert and tls_client_key (tls_client_auth)",
+                ));
+            }
+        }
+        if self.auth.terms_file.is_some()
+            && self
+                .auth
+                .terms_version
+                .as_deref()
+                .is_none_or(|v| v.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid {
+                key: "auth.terms_version".into(),
+                message:
+                    "required with auth.terms_file (a new version asks every user to accept again)"
+                        .into(),
+            });
         }
         for (i, c) in self.auth.clients.iter().enumerate() {
             if c.client_id.is_empty() || (c.jwks_file.is_some() == c.jwks_url.is_some()) {
@@ -595,6 +632,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("database_url"), "{e}");
+    }
+
+    #[test]
+    fn psc_client_authentication_and_terms() {
+        let psc = |extra: &[(&'static str, &'static str)]| {
+            let mut e = vec![
+                ("PASSERELLE_PSC__ISSUER", "https://psc.example/realm"),
+                ("PASSERELLE_PSC__CLIENT_ID", "gw"),
+            ];
+            e.extend_from_slice(extra);
+            Config::load_with_env(None, &env(&e)).map_err(|e| e.to_string())
+        };
+        // a secret or a client certificate: one way to authenticate at PSC is required
+        let e = psc(&[]).unwrap_err();
+        assert!(
+            e.contains("psc.client_secret") && e.contains("tls_client_auth"),
+            "{e}"
+        );
+        assert!(psc(&[("PASSERELLE_PSC__CLIENT_SECRET", "s")]).is_ok());
+        let c = psc(&[
+            ("PASSERELLE_PSC__TLS_CLIENT_CERT", "/etc/gw.pem"),
+            ("PASSERELLE_PSC__TLS_CLIENT_KEY", "/etc/gw.key"),
+            ("PASSERELLE_PSC__TLS_CA_FILE", "/etc/igc-sante.pem"),
+        ])
+        .unwrap();
+        let p = c.psc.unwrap();
+        assert!(p.tls_client_cert.is_some() && p.tls_ca_file.is_some());
+        let e = psc(&[("PASSERELLE_PSC__TLS_CLIENT_CERT", "/etc/gw.pem")]).unwrap_err();
+        assert!(e.contains("psc.tls_client_key"), "{e}");
+        // a terms file needs its version; a version alone names the shipped text's
+        let e = Config::load_with_env(None, &env(&[("PASSERELLE_AUTH__TERMS_FILE", "/etc/t.md")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("auth.terms_version"), "{e}");
+        let c =
+            Config::load_with_env(None, &env(&[("PASSERELLE_AUTH__TERMS_VERSION", "3")])).unwrap();
+        assert_eq!(c.auth.terms_version.as_deref(), Some("3"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod demo;
 pub mod directory;
 pub mod export;
 pub mod fhir;
+pub mod http_client;
 pub mod observe;
 pub mod server;
 pub mod store;

@@ -119,7 +119,7 @@ impl App {
             .with_state(self.clone());
         let fhir_routes = match &self.auth {
             crate::auth::Authenticator::Psc(g) => fhir_routes.merge(
-                crate::auth::endpoints::router(g.clone(), self.store.clone()),
+                crate::auth::endpoints::router(g.clone(), self.fhir.clone(), self.audit.clone()),
             ),
             crate::auth::Authenticator::Dev => fhir_routes,
         };

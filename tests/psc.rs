@@ -1,7 +1,9 @@
 //! `psc` auth mode end to end: a real OpenID Connect provider configured like Pro Santé
-//! Connect (`tests/oidc/provider.mjs`, the npm package `oidc-provider`) on loopback, and the
-//! gateway spoken to over HTTP: bearer-only FHIR API, client credentials with
-//! `private_key_jwt`, RFC 8693 token exchange of a PSC access token, and every refusal.
+//! Connect (`tests/oidc/provider.mjs`, the npm package `oidc-provider`) on loopback, over
+//! http or over https with a test CA (and mutual TLS), and the gateway spoken to over HTTP:
+//! bearer-only FHIR API, client credentials with `private_key_jwt`, RFC 8693 token exchange
+//! of a PSC access token, browser sign-in, accounts made at first sign-in, the terms of use,
+//! sign-in state shared by instances, the audit of authentication, and every refusal.
 //!
 //! Without `tests/oidc/node_modules` the provider tests are skipped with a note, unless
 //! `TEST_REQUIRE_OIDC=1` (set by `scripts/test.sh`), which makes them fail.
@@ -10,7 +12,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
@@ -19,9 +21,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{Engine, Guard, fresh_database};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use passerelle::auth::secret::Secret;
 use passerelle::config::{ClientConfig, Config, PscConfig};
 use passerelle::server::App;
-use passerelle::time::SystemClock;
+use passerelle::time::{Clock, SystemClock};
 use serde_json::{Value, json};
 use sha2::Digest;
 
@@ -29,8 +32,12 @@ const CLIENT_SECRET: &str = "psc-test-client-secret-0123456789abcdef";
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const AT_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-const DOCTOR: &str = "899700366240";
+const IDNAT: &str = "urn:oid:1.2.250.1.71.4.2.1";
+/// The provider's first account (signed in when no `login_hint` is given).
 const OTHER_DOCTOR: &str = "899700218896";
+/// A hospital doctor with an RPPS, a profession and a specialty in his claims.
+const DOCTOR: &str = "899700366240";
+const SYSTEM_SCOPES: &str = "system/Organization.cruds system/Practitioner.cruds system/PractitionerRole.cruds system/Task.rs system/AuditEvent.rs system/Provenance.rs";
 
 fn data(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,19 +49,158 @@ fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
+fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+// ---------------------------------------------------------------------------------------
+// A test CA, a server certificate for 127.0.0.1 and a client certificate, made with the
+// openssl command line
+
+struct Tls {
+    dir: PathBuf,
+}
+
+impl Tls {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ca.pem`; `server.pem`/`server-key.pem` (127.0.0.1); `client.pem`/`client-key.pem`
+/// (CN=passerelle-mtls), all P-256, issued by the CA; and `stranger.pem`/`stranger-key.pem`,
+/// a client certificate of another CA.
+fn tls_fixture() -> Tls {
+    let dir = temp_dir("passerelle-tls");
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .expect("write");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let key = format!("{ca}-key.pem");
+        let cert = format!("{ca}.pem");
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Passerelle test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        openssl(&dir, &args);
+    }
+    for (name, subject, ext, ca) in [
+        ("server", "/CN=127.0.0.1", "server.ext", "ca"),
+        ("client", "/CN=passerelle-mtls", "client.ext", "ca"),
+        ("stranger", "/CN=passerelle-mtls", "client.ext", "other-ca"),
+    ] {
+        let (key, csr, cert) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+        openssl(&dir, &args);
+        let serial = format!("{}", uuid::Uuid::new_v4().as_u128() >> 68);
+        let (ca_cert, ca_key) = (format!("{ca}.pem"), format!("{ca}-key.pem"));
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_cert,
+                "-CAkey",
+                &ca_key,
+                "-set_serial",
+                &serial,
+                "-days",
+                "2",
+                "-out",
+                &cert,
+                "-extfile",
+                ext,
+            ],
+        );
+    }
+    Tls { dir }
+}
+
 // ---------------------------------------------------------------------------------------
 // The provider
 
-/// The running provider; killed on drop.
+/// The running provider (its own copy of the accounts, which a test may change); killed on
+/// drop.
 struct Provider {
     issuer: String,
     child: Child,
+    dir: PathBuf,
+    /// The CA of its server certificate, when it serves https.
+    ca: Option<PathBuf>,
 }
 
 impl Drop for Provider {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Provider {
+    /// Changes one userinfo claim of `who` (read again by the provider at its next login).
+    fn set_claim(&self, who: &str, claim: &str, value: Value) {
+        let path = self.dir.join("accounts.json");
+        let mut accounts: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("accounts")).expect("json");
+        accounts[who][claim] = value;
+        std::fs::write(&path, accounts.to_string()).expect("write");
     }
 }
 
@@ -65,11 +211,17 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Starts `tests/oidc/provider.mjs`; `None` (skipped, with a note) when its node modules are
-/// not installed, unless `TEST_REQUIRE_OIDC=1`.
+/// Starts `tests/oidc/provider.mjs` over http; `None` (skipped, with a note) when its node
+/// modules are not installed, unless `TEST_REQUIRE_OIDC=1`.
 fn provider(redirect_uri: &str) -> Option<Provider> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-    if !dir.join("node_modules/oidc-provider").is_dir() {
+    start_provider(redirect_uri, None)
+}
+
+/// Starts the provider, over https with the fixture's server certificate when `tls` is given
+/// (and its mutual-TLS aliases on a second port).
+fn start_provider(redirect_uri: &str, tls: Option<&Tls>) -> Option<Provider> {
+    let oidc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+    if !oidc.join("node_modules/oidc-provider").is_dir() {
         if std::env::var("TEST_REQUIRE_OIDC").is_ok_and(|v| v == "1") {
             panic!(
                 "TEST_REQUIRE_OIDC=1 but tests/oidc/node_modules is missing: run scripts/test.sh (npm ci in tests/oidc)"
@@ -80,36 +232,78 @@ fn provider(redirect_uri: &str) -> Option<Provider> {
         );
         return None;
     }
-    let port = free_port();
-    let mut child = Command::new("node")
-        .arg(dir.join("provider.mjs"))
-        .arg(port.to_string())
-        .arg(data("accounts.json"))
-        .arg(redirect_uri)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.trim() == "ready" {
-                let _ = tx.send(());
+    let dir = temp_dir("passerelle-oidc");
+    std::fs::copy(data("accounts.json"), dir.join("accounts.json")).expect("copy accounts");
+    // A port taken between `free_port` and node's bind makes node exit at once: try again
+    // with other ports. The wait is bounded generously: node loads slowly on a busy machine.
+    let mut failures = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut command = Command::new("node");
+        command
+            .arg(oidc.join("provider.mjs"))
+            .arg(port.to_string())
+            .arg(dir.join("accounts.json"))
+            .arg(redirect_uri);
+        if let Some(t) = tls {
+            command.arg(&t.dir).arg(free_port().to_string());
+        }
+        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr file");
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("node runs");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.trim() == "ready" {
+                    let _ = tx.send(true);
+                }
+            }
+            // the process ended (or closed its output) without saying ready
+            let _ = tx.send(false);
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(true) => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                return Some(Provider {
+                    issuer: format!("{scheme}://127.0.0.1:{port}"),
+                    child,
+                    dir,
+                    ca: tls.map(|t| t.path("ca.pem")),
+                });
+            }
+            outcome => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let why = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                failures.push(format!("{outcome:?}: {why}"));
             }
         }
-    });
-    if rx.recv_timeout(std::time::Duration::from_secs(30)).is_err() {
-        let _ = child.kill();
-        panic!("the OpenID provider did not start within 30 s");
     }
-    Some(Provider {
-        issuer: format!("http://127.0.0.1:{port}"),
-        child,
-    })
+    panic!("the OpenID provider did not start: {failures:#?}");
+}
+
+/// An HTTP client that follows no redirect, trusting `ca` beside the system's roots, and
+/// presenting `identity` (PEM certificate then key) when given.
+fn http_client(ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> reqwest::Client {
+    passerelle::install_crypto_provider();
+    let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).expect("ca");
+        b = b.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("ca pem"));
+    }
+    if let Some((cert, key)) = identity {
+        let mut pem = std::fs::read(cert).expect("cert");
+        pem.extend(std::fs::read(key).expect("key"));
+        b = b.identity(reqwest::Identity::from_pem(&pem).expect("identity"));
+    }
+    b.build().expect("client")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -118,8 +312,17 @@ fn provider(redirect_uri: &str) -> Option<Provider> {
 struct Psc {
     base: String,
     http: reqwest::Client,
-    _app: App,
-    _guard: Guard,
+    app: App,
+    database_url: String,
+    /// The system client's key set file (removed on drop).
+    dir: PathBuf,
+    _guard: Option<Guard>,
+}
+
+impl Drop for Psc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn client_key() -> (EncodingKey, JwkSet) {
@@ -130,44 +333,71 @@ fn client_key() -> (EncodingKey, JwkSet) {
     (key, JwkSet { keys: vec![jwk] })
 }
 
-/// A gateway whose PSC issuer is `issuer`, with one system client `his` (ES384 key,
-/// directory and Task scopes).
+/// How a test gateway is set up: the PSC client (`passerelle` with its secret by default)
+/// and one system client `his` (ES384 key, directory, Task, AuditEvent and Provenance scopes).
+#[derive(Clone)]
+struct Opts {
+    engine: Engine,
+    issuer: String,
+    discovery_url: Option<String>,
+    client_id: String,
+    client_secret: Option<String>,
+    tls_client: Option<(PathBuf, PathBuf)>,
+    tls_ca: Option<PathBuf>,
+    exchange_clients: Vec<String>,
+    clock: Arc<dyn Clock>,
+    /// Another instance's database (shared), instead of a fresh one.
+    database_url: Option<String>,
+    /// The public base (`base_url`) when it is not this instance's own address: instances
+    /// behind one load balancer share it.
+    public_base: Option<String>,
+    signing_key_file: Option<PathBuf>,
+    terms_version: Option<String>,
+}
+
+impl Opts {
+    fn new(engine: Engine, issuer: &str) -> Opts {
+        Opts {
+            engine,
+            issuer: issuer.to_owned(),
+            discovery_url: None,
+            client_id: "passerelle".into(),
+            client_secret: Some(CLIENT_SECRET.into()),
+            tls_client: None,
+            tls_ca: None,
+            exchange_clients: Vec::new(),
+            clock: Arc::new(SystemClock),
+            database_url: None,
+            public_base: None,
+            signing_key_file: None,
+            terms_version: None,
+        }
+    }
+
+    /// Over https: the gateway (and the test's browser) trust the provider's CA.
+    fn trusting(mut self, p: &Provider) -> Opts {
+        self.tls_ca = p.ca.clone();
+        self
+    }
+}
+
+/// A gateway whose PSC issuer is `issuer`.
 async fn gateway(engine: Engine, issuer: &str, listener: tokio::net::TcpListener) -> Option<Psc> {
-    gateway_with_clock(engine, issuer, listener, Arc::new(SystemClock)).await
+    start(Opts::new(engine, issuer), listener).await
 }
 
-async fn gateway_with_clock(
-    engine: Engine,
-    issuer: &str,
-    listener: tokio::net::TcpListener,
-    clock: Arc<dyn passerelle::time::Clock>,
-) -> Option<Psc> {
-    gateway_with(engine, issuer, None, listener, clock).await
-}
-
-async fn gateway_with(
-    engine: Engine,
-    issuer: &str,
-    discovery_url: Option<String>,
-    listener: tokio::net::TcpListener,
-    clock: Arc<dyn passerelle::time::Clock>,
-) -> Option<Psc> {
-    gateway_as(engine, issuer, discovery_url, "passerelle", listener, clock).await
-}
-
-async fn gateway_as(
-    engine: Engine,
-    issuer: &str,
-    discovery_url: Option<String>,
-    client_id: &str,
-    listener: tokio::net::TcpListener,
-    clock: Arc<dyn passerelle::time::Clock>,
-) -> Option<Psc> {
-    let (url, guard) = fresh_database(engine).await?;
+async fn start(o: Opts, listener: tokio::net::TcpListener) -> Option<Psc> {
+    let (url, guard) = match &o.database_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let (url, guard) = fresh_database(o.engine).await?;
+            (url, Some(guard))
+        }
+    };
     let addr = listener.local_addr().expect("addr");
-    let base = format!("http://{addr}");
-    let dir = std::env::temp_dir().join(format!("passerelle-psc-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let local = format!("http://{addr}");
+    let base = o.public_base.clone().unwrap_or_else(|| local.clone());
+    let dir = temp_dir("passerelle-psc");
     let jwks_file = dir.join("his.jwks.json");
     std::fs::write(
         &jwks_file,
@@ -175,48 +405,50 @@ async fn gateway_as(
     )
     .expect("write");
     let mut config = Config {
-        database_url: url,
+        database_url: url.clone(),
         listen: addr.to_string(),
         base_url: Some(base.clone()),
         db_pool_size: 4,
         ..Config::default()
     };
     config.psc = Some(PscConfig {
-        issuer: issuer.to_owned(),
-        client_id: client_id.into(),
-        discovery_url,
-        client_secret: Some(passerelle::auth::secret::Secret::new(CLIENT_SECRET)),
+        issuer: o.issuer.clone(),
+        client_id: o.client_id.clone(),
+        discovery_url: o.discovery_url.clone(),
+        client_secret: o.client_secret.clone().map(Secret::new),
+        tls_client_cert: o.tls_client.as_ref().map(|c| c.0.clone()),
+        tls_client_key: o.tls_client.as_ref().map(|c| c.1.clone()),
+        tls_ca_file: o.tls_ca.clone(),
+        exchange_clients: o.exchange_clients.clone(),
         ..PscConfig::default()
     });
+    config.auth.signing_key_file = o.signing_key_file.clone();
+    config.auth.terms_version = o.terms_version.clone();
     config.auth.clients = vec![ClientConfig {
         client_id: "his".into(),
         jwks_file: Some(jwks_file),
         jwks_url: None,
-        scopes: vec![
-            "system/Organization.cruds".into(),
-            "system/Practitioner.cruds".into(),
-            "system/PractitionerRole.cruds".into(),
-            "system/Task.rs".into(),
-        ],
+        scopes: SYSTEM_SCOPES.split(' ').map(str::to_owned).collect(),
         organization: None,
     }];
-    let app = App::open(&config, base.clone(), clock)
+    let app = App::open(&config, base.clone(), o.clock.clone())
         .await
         .expect("open app");
     let router = app.router(config.max_body_bytes);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        // with the peer address, as `serve` does: it goes into the audit trail
+        let _ = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
     });
     Some(Psc {
-        base,
-        http: {
-            passerelle::install_crypto_provider();
-            reqwest::Client::builder()
-        }
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client"),
-        _app: app,
+        base: local,
+        http: http_client(o.tls_ca.as_deref(), None),
+        app,
+        database_url: url,
+        dir,
         _guard: guard,
     })
 }
@@ -308,17 +540,58 @@ impl Psc {
         .await
     }
 
-    /// A system token with the directory scopes.
+    /// A system token with the directory, audit and provenance scopes.
     async fn system_token(&self) -> String {
         let a = self.assertion(&client_key().0, json!({}));
-        let t = self
-            .client_credentials(
-                &a,
-                "system/Organization.cruds system/Practitioner.cruds system/PractitionerRole.cruds system/Task.rs",
-            )
-            .await;
+        let t = self.client_credentials(&a, SYSTEM_SCOPES).await;
         assert_eq!(t.status, 200, "{}", t.body);
         t.body["access_token"].as_str().expect("token").to_owned()
+    }
+
+    /// The resources a search finds (as the system).
+    async fn search(&self, system: &str, query: &str) -> Vec<Value> {
+        let a = self.get(query, Some(system)).await;
+        assert_eq!(a.status, 200, "{query}: {}", a.body);
+        a.body["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["resource"].clone())
+            .collect()
+    }
+
+    /// The authentication AuditEvents stored so far (BALP User Authentication), oldest first.
+    async fn auth_events(&self, system: &str) -> Vec<Value> {
+        self.app.audit.flush().await;
+        let mut events = self
+            .search(system, "AuditEvent?type=110114&_count=500")
+            .await;
+        events.sort_by(|a, b| a["recorded"].as_str().cmp(&b["recorded"].as_str()));
+        events
+    }
+
+    /// The signed-in user's `/auth/session`.
+    async fn session(&self, cookie: &str) -> Answer {
+        answer(
+            self.http
+                .get(format!("{}/auth/session", self.base))
+                .header("cookie", cookie),
+        )
+        .await
+    }
+
+    /// Accepts the terms in force from the gateway's own page (its `Origin`).
+    async fn accept_terms(&self, cookie: &str) -> Answer {
+        let terms = answer(self.http.get(format!("{}/auth/terms", self.base))).await;
+        let version = terms.body["version"].as_str().expect("version").to_owned();
+        answer(
+            self.http
+                .post(format!("{}/auth/terms", self.base))
+                .header("cookie", cookie)
+                .header("origin", &self.base)
+                .form(&[("version", version.as_str())]),
+        )
+        .await
     }
 }
 
@@ -326,6 +599,15 @@ fn assert_oauth_error(a: &Answer, status: u16, error: &str) {
     assert_eq!(a.status, status, "{}", a.body);
     assert_eq!(a.body["error"], error, "{}", a.body);
     assert_eq!(a.header("cache-control"), "no-store");
+}
+
+/// The events of one flow (`browser-sign-in`, `logout`, `token-exchange`,
+/// `client-credentials`).
+fn of_flow<'a>(events: &'a [Value], flow: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["subtype"][1]["code"] == flow)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -534,6 +816,39 @@ async fn client_credentials_with_private_key_jwt() {
         400,
         "invalid_request",
     );
+
+    // each issue and refusal is an AuditEvent (BALP User Authentication): the client, its
+    // address, the outcome and the reason; never a token or an assertion
+    let system = gw.system_token().await;
+    let events = gw.auth_events(&system).await;
+    let cc = of_flow(&events, "client-credentials");
+    let by = |e: &Value| e["agent"][0]["who"]["identifier"]["value"].clone();
+    let reason = |e: &Value| e["outcomeDesc"].as_str().unwrap_or("").to_owned();
+    let issued = cc
+        .iter()
+        .find(|e| e["outcome"] == "0")
+        .expect("an issue is audited");
+    assert_eq!(by(issued), "his");
+    assert_eq!(issued["subtype"][0]["code"], "110122");
+    assert_eq!(issued["agent"][0]["network"]["address"], "127.0.0.1");
+    let replay = cc
+        .iter()
+        .find(|e| reason(e).contains("replayed"))
+        .expect("the replay is audited");
+    assert_eq!(replay["outcome"], "4");
+    assert_eq!(by(replay), "his");
+    assert!(
+        reason(replay).starts_with("401: invalid_client"),
+        "{}",
+        reason(replay)
+    );
+    assert!(
+        cc.iter()
+            .any(|e| by(e) == "nobody" && reason(e).contains("unknown client"))
+    );
+    assert!(cc.iter().any(|e| reason(e).contains("invalid_scope")));
+    let text = serde_json::to_string(&events).expect("json");
+    assert!(!text.contains(&token) && !text.contains(&a) && !text.contains(&forged));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -566,13 +881,7 @@ impl Jar {
 /// does (authorization code + PKCE S256, `scope=openid scope_all`, `acr_values=eidas1`),
 /// and returns the PSC access token.
 async fn psc_access_token(p: &Provider, redirect: &str, who: &str, acr: &str) -> String {
-    let http = {
-        passerelle::install_crypto_provider();
-        reqwest::Client::builder()
-    }
-    .redirect(reqwest::redirect::Policy::none())
-    .build()
-    .expect("client");
+    let http = http_client(p.ca.as_deref(), None);
     let verifier = URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
     let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
     let mut url = reqwest::Url::parse(&format!("{}/auth", p.issuer)).expect("url");
@@ -639,7 +948,8 @@ async fn psc_access_token(p: &Provider, redirect: &str, who: &str, acr: &str) ->
 }
 
 /// The directory a clinician acts in: a structure, the Practitioner keyed on its
-/// SubjectNameID, a habilitation; returns the PractitionerRole id.
+/// SubjectNameID (the one made at their first sign-in, if any), a habilitation; returns the
+/// PractitionerRole id.
 async fn habilitation(gw: &Psc, system: &str, subject_name_id: &str) -> String {
     let org = gw
         .write(
@@ -650,19 +960,26 @@ async fn habilitation(gw: &Psc, system: &str, subject_name_id: &str) -> String {
         )
         .await;
     assert_eq!(org.status, 201, "{}", org.body);
-    let p = gw
-        .write(
-            reqwest::Method::POST,
-            "Practitioner",
-            system,
-            json!({
-                "resourceType": "Practitioner",
-                "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": subject_name_id}],
-                "name": [{"family": "DOC"}]
-            }),
-        )
-        .await;
-    assert_eq!(p.status, 201, "{}", p.body);
+    let p = answer(
+        gw.http
+            .post(format!("{}/fhir/Practitioner", gw.base))
+            .bearer_auth(system)
+            .header("content-type", "application/fhir+json")
+            .header(
+                "if-none-exist",
+                format!("identifier={IDNAT}|{subject_name_id}"),
+            )
+            .body(
+                json!({
+                    "resourceType": "Practitioner",
+                    "identifier": [{"system": IDNAT, "value": subject_name_id}],
+                    "name": [{"family": "DOC"}]
+                })
+                .to_string(),
+            ),
+    )
+    .await;
+    assert!(p.status == 201 || p.status == 200, "{}", p.body);
     let role = gw
         .write(reqwest::Method::POST, "PractitionerRole", system, json!({
             "resourceType": "PractitionerRole",
@@ -701,6 +1018,37 @@ async fn token_exchange(engine: Engine) {
             .await
         }
     };
+    // The exchange is a sign-in: the account (the one the directory made, not a second one)
+    // is brought up to date from the claims; but no token before the terms are accepted.
+    let refused = exchange(at.clone(), role.clone()).await;
+    assert_oauth_error(&refused, 400, "invalid_grant");
+    assert!(
+        refused.body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("terms of use"),
+        "{}",
+        refused.body
+    );
+    let accounts = gw
+        .search(
+            &system,
+            &format!("Practitioner?identifier={IDNAT}%7C{DOCTOR}"),
+        )
+        .await;
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    let pid = accounts[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(accounts[0]["meta"]["versionId"], "2");
+    assert_eq!(accounts[0]["name"][1]["family"], "DOC0036624");
+    assert_eq!(
+        accounts[0]["qualification"][0]["code"]["coding"][0]["code"],
+        "10"
+    );
+    // the clinician signs in with a browser and accepts the terms: then tokens are issued
+    let (cb, _) = browser_sign_in(&gw, &p, &format!("&login_hint={DOCTOR}")).await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let accepted = gw.accept_terms(&session_cookie(&cb)).await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
     // someone else's habilitation: invalid_target
     assert_oauth_error(
         &exchange(at.clone(), other_role.clone()).await,
@@ -779,7 +1127,49 @@ async fn token_exchange(engine: Engine) {
         .get(&format!("PractitionerRole/{role}"), Some(&token))
         .await;
     assert_eq!(after.status, 401, "{}", after.body);
-    assert_oauth_error(&exchange(at, role).await, 400, "invalid_target");
+    assert_oauth_error(
+        &exchange(at.clone(), role.clone()).await,
+        400,
+        "invalid_target",
+    );
+
+    // each issue and refusal is an AuditEvent: the clinician (SubjectNameID and account),
+    // the habilitation asked, the outcome and the reason; never a token
+    let events = gw.auth_events(&system).await;
+    let ex = of_flow(&events, "token-exchange");
+    let reason = |e: &Value| e["outcomeDesc"].as_str().unwrap_or("").to_owned();
+    let issued = ex
+        .iter()
+        .find(|e| e["outcome"] == "0")
+        .expect("the issue is audited");
+    assert_eq!(issued["type"]["code"], "110114");
+    assert_eq!(issued["subtype"][0]["code"], "110122");
+    assert_eq!(issued["agent"][0]["who"]["identifier"]["system"], IDNAT);
+    assert_eq!(issued["agent"][0]["who"]["identifier"]["value"], DOCTOR);
+    assert_eq!(
+        issued["agent"][0]["who"]["reference"],
+        format!("Practitioner/{pid}")
+    );
+    assert_eq!(
+        issued["entity"][0]["what"]["reference"],
+        format!("PractitionerRole/{role}")
+    );
+    assert_eq!(issued["agent"][0]["network"]["address"], "127.0.0.1");
+    for word in [
+        "invalid_grant",
+        "terms of use",
+        "invalid_target",
+        "eidas3",
+        "not active",
+    ] {
+        assert!(
+            ex.iter()
+                .any(|e| e["outcome"] == "4" && reason(e).contains(word)),
+            "no refusal saying `{word}`: {ex:?}"
+        );
+    }
+    let text = serde_json::to_string(&events).expect("json");
+    assert!(!text.contains(&at) && !text.contains(&token));
 }
 
 #[tokio::test]
@@ -842,7 +1232,11 @@ async fn browser(engine: Engine) {
         return;
     };
     let clock = passerelle::time::ManualClock::new(i64::try_from(now()).expect("now") * 1_000_000);
-    let Some(gw) = gateway_with_clock(engine, &p.issuer, l, Arc::new(clock.clone())).await else {
+    let opts = Opts {
+        clock: Arc::new(clock.clone()),
+        ..Opts::new(engine, &p.issuer)
+    };
+    let Some(gw) = start(opts, l).await else {
         return;
     };
 
@@ -879,6 +1273,11 @@ async fn browser(engine: Engine) {
     // keyed on SubjectNameID (PSC's sub is a federated id)
     assert_eq!(me.body["SubjectNameID"], OTHER_DOCTOR);
     assert_eq!(me.body["acr"], "eidas1");
+    // the database holds the session id's hash, never the id
+    let id = cookie.split_once('=').expect("cookie").1;
+    let keys = session_keys(&gw.database_url).await;
+    assert!(keys.contains(&URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(id.as_bytes()))));
+    assert!(!keys.iter().any(|k| k == id));
     // the FHIR API never takes the cookie
     let fhir = answer(
         gw.http
@@ -975,6 +1374,65 @@ async fn browser(engine: Engine) {
     assert_eq!(weak.status, 401, "{}", weak.body);
     assert!(weak.body.to_string().contains("eidas3"), "{}", weak.body);
     assert!(weak.header("set-cookie").is_empty());
+
+    // sign-ins, their failures and the logout are AuditEvents (BALP User Authentication)
+    let system = gw.system_token().await;
+    let events = gw.auth_events(&system).await;
+    let reason = |e: &Value| e["outcomeDesc"].as_str().unwrap_or("").to_owned();
+    let sign_ins = of_flow(&events, "browser-sign-in");
+    let ok: Vec<_> = sign_ins.iter().filter(|e| e["outcome"] == "0").collect();
+    assert_eq!(ok.len(), 3, "{sign_ins:?}");
+    assert_eq!(ok[0]["subtype"][0]["code"], "110122");
+    assert_eq!(
+        ok[0]["agent"][0]["who"]["identifier"]["value"],
+        OTHER_DOCTOR
+    );
+    assert!(
+        ok[0]["agent"][0]["who"]["reference"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Practitioner/")
+    );
+    assert_eq!(ok[0]["agent"][0]["network"]["address"], "127.0.0.1");
+    for (status, word) in [("400", "already used"), ("401", "eidas3")] {
+        assert!(
+            sign_ins.iter().any(|e| e["outcome"] == "4"
+                && reason(e).starts_with(status)
+                && reason(e).contains(word)),
+            "no failure `{status} … {word}`: {sign_ins:?}"
+        );
+    }
+    let out = of_flow(&events, "logout");
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["subtype"][0]["code"], "110123");
+    assert_eq!(
+        out[0]["agent"][0]["who"]["identifier"]["value"],
+        OTHER_DOCTOR
+    );
+    assert!(!serde_json::to_string(&events).expect("json").contains(id));
+}
+
+/// The `id_hash` column of the sessions table.
+async fn session_keys(database_url: &str) -> Vec<String> {
+    use sqlx::Connection;
+    let sql = "SELECT id_hash FROM auth_sessions";
+    if database_url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(database_url)
+            .await
+            .expect("sqlite");
+        sqlx::query_scalar(sql)
+            .fetch_all(&mut c)
+            .await
+            .expect("select")
+    } else {
+        let mut c = sqlx::PgConnection::connect(database_url)
+            .await
+            .expect("postgres");
+        sqlx::query_scalar(sql)
+            .fetch_all(&mut c)
+            .await
+            .expect("select")
+    }
 }
 
 #[tokio::test]
@@ -997,15 +1455,11 @@ async fn a_discovery_document_naming_another_issuer_is_refused() {
     // PSC's discovery path, but the configured issuer is not the one the document names
     let discovery = format!("{}/.well-known/wallet-openid-configuration", p.issuer);
     let wrong = format!("{}/auth/realms/esante-wallet", p.issuer);
-    let Some(gw) = gateway_with(
-        Engine::Sqlite,
-        &wrong,
-        Some(discovery),
-        l,
-        Arc::new(SystemClock),
-    )
-    .await
-    else {
+    let opts = Opts {
+        discovery_url: Some(discovery),
+        ..Opts::new(Engine::Sqlite, &wrong)
+    };
+    let Some(gw) = start(opts, l).await else {
         return;
     };
     let login = answer(gw.http.get(format!("{}/auth/login", gw.base))).await;
@@ -1026,16 +1480,11 @@ async fn browser_sign_in_with_rs256_id_token_and_signed_userinfo() {
     let Some(p) = provider(&format!("{base}/auth/callback")) else {
         return;
     };
-    let Some(gw) = gateway_as(
-        Engine::Sqlite,
-        &p.issuer,
-        None,
-        "passerelle-rs256",
-        l,
-        Arc::new(SystemClock),
-    )
-    .await
-    else {
+    let opts = Opts {
+        client_id: "passerelle-rs256".into(),
+        ..Opts::new(Engine::Sqlite, &p.issuer)
+    };
+    let Some(gw) = start(opts, l).await else {
         return;
     };
     let (cb, _) = browser_sign_in(&gw, &p, "").await;
@@ -1059,16 +1508,11 @@ async fn tokens_of_other_psc_clients_are_not_exchanged() {
     let redirect = format!("{base}/auth/callback");
     let Some(p) = provider(&redirect) else { return };
     // this gateway is the PSC client passerelle-rs256; the token below is passerelle's
-    let Some(gw) = gateway_as(
-        Engine::Sqlite,
-        &p.issuer,
-        None,
-        "passerelle-rs256",
-        l,
-        Arc::new(SystemClock),
-    )
-    .await
-    else {
+    let opts = Opts {
+        client_id: "passerelle-rs256".into(),
+        ..Opts::new(Engine::Sqlite, &p.issuer)
+    };
+    let Some(gw) = start(opts, l).await else {
         return;
     };
     let system = gw.system_token().await;
@@ -1090,5 +1534,544 @@ async fn tokens_of_other_psc_clients_are_not_exchanged() {
             .contains("passerelle"),
         "{}",
         r.body
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Accounts: the first sign-in makes the Practitioner
+
+async fn first_sign_in(engine: Engine) {
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let Some(p) = provider(&format!("{base}/auth/callback")) else {
+        return;
+    };
+    let Some(gw) = gateway(engine, &p.issuer, l).await else {
+        return;
+    };
+    let system = gw.system_token().await;
+    let accounts = |who: &'static str| {
+        let (gw, system) = (&gw, &system);
+        async move {
+            gw.search(system, &format!("Practitioner?identifier={IDNAT}%7C{who}"))
+                .await
+        }
+    };
+    let trail = |id: String| {
+        let (gw, system) = (&gw, &system);
+        async move {
+            gw.search(
+                system,
+                &format!("Provenance?target=Practitioner/{id}&_count=50"),
+            )
+            .await
+        }
+    };
+    assert!(accounts(DOCTOR).await.is_empty());
+
+    // a browser sign-in makes the account from the claims, keyed on SubjectNameID
+    let (cb, _) = browser_sign_in(&gw, &p, &format!("&login_hint={DOCTOR}")).await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let me = gw.session(&session_cookie(&cb)).await;
+    let found = accounts(DOCTOR).await;
+    assert_eq!(found.len(), 1);
+    let a = &found[0];
+    let id = a["id"].as_str().expect("id").to_owned();
+    assert_eq!(me.body["practitioner"], format!("Practitioner/{id}"));
+    assert_eq!(a["active"], true);
+    assert_eq!(a["meta"]["versionId"], "1");
+    assert_eq!(a["identifier"][0]["system"], IDNAT);
+    assert_eq!(a["identifier"][0]["value"], DOCTOR);
+    assert_eq!(a["identifier"][1]["system"], "https://rpps.esante.gouv.fr");
+    assert_eq!(a["identifier"][1]["value"], "99700366240");
+    assert!(
+        !a.to_string().contains("f:550dc1c8"),
+        "PSC's sub is not an identifier"
+    );
+    assert_eq!(a["name"][0]["family"], "DOC0036624");
+    assert_eq!(a["name"][0]["given"][0], "KIT");
+    let q = &a["qualification"];
+    assert_eq!(
+        q[0]["code"]["coding"][0]["system"],
+        passerelle::auth::accounts::PROFESSION_SYSTEM
+    );
+    assert_eq!(q[0]["code"]["coding"][0]["code"], "10");
+    assert_eq!(
+        q[1]["code"]["coding"][0]["system"],
+        passerelle::auth::accounts::SPECIALTY_SYSTEM
+    );
+    assert_eq!(q[1]["code"]["coding"][0]["code"], "SM26");
+    let prov = trail(id.clone()).await;
+    assert_eq!(prov.len(), 1, "{prov:?}");
+    assert_eq!(
+        prov[0]["reason"][0]["text"],
+        "account created at first sign-in with Pro Santé Connect"
+    );
+    assert_eq!(prov[0]["activity"]["coding"][0]["code"], "created");
+    assert_eq!(
+        prov[0]["target"][0]["reference"],
+        format!("Practitioner/{id}/_history/1")
+    );
+
+    // the same claims again: the same account, untouched (no new version, no Provenance)
+    let (cb, _) = browser_sign_in(&gw, &p, &format!("&login_hint={DOCTOR}")).await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let again = accounts(DOCTOR).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0]["meta"]["versionId"], "1");
+    assert_eq!(trail(id.clone()).await.len(), 1);
+
+    // changed claims: a new version, and its Provenance
+    p.set_claim(DOCTOR, "family_name", json!("DOC-EPOUSE"));
+    let (cb, _) = browser_sign_in(&gw, &p, &format!("&login_hint={DOCTOR}")).await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let changed = accounts(DOCTOR).await;
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["id"], id.as_str());
+    assert_eq!(changed[0]["meta"]["versionId"], "2");
+    assert_eq!(changed[0]["name"][0]["family"], "DOC-EPOUSE");
+    let prov = trail(id.clone()).await;
+    assert_eq!(prov.len(), 2, "{prov:?}");
+    assert!(prov.iter().any(|p| {
+        p["activity"]["coding"][0]["code"] == "UPDATE"
+            && p["target"][0]["reference"] == format!("Practitioner/{id}/_history/2")
+    }));
+
+    // the token exchange makes the account too (here refused: no terms, no habilitation)
+    let redirect = format!("{}/auth/callback", gw.base);
+    let at = psc_access_token(&p, &redirect, OTHER_DOCTOR, "eidas1").await;
+    let r = gw
+        .token(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &at),
+            ("subject_token_type", AT_TYPE),
+            ("practitioner_role", "PractitionerRole/none"),
+        ])
+        .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    let other = accounts(OTHER_DOCTOR).await;
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0]["name"][0]["family"], "SPECIALISTE0021889");
+    // no RPPS in this one's claims
+    assert_eq!(other[0]["identifier"].as_array().map(Vec::len), Some(1));
+
+    // concurrent first sign-ins of one person make one account
+    let bytes = std::fs::read(data("userinfo-edit-test-identity-podologue.json")).expect("claims");
+    let identity = passerelle::auth::psc::identity_from_json(&bytes).expect("identity");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (fhir, identity) = (gw.app.fhir.clone(), identity.clone());
+        tasks.push(tokio::spawn(async move {
+            passerelle::auth::accounts::ensure_practitioner(&fhir, &identity).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.expect("task").expect("account").id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let edit = gw
+        .search(
+            &system,
+            &format!(
+                "Practitioner?identifier={IDNAT}%7C{}",
+                identity.subject_name_id
+            ),
+        )
+        .await;
+    assert_eq!(edit.len(), 1);
+    assert_eq!(edit[0]["meta"]["versionId"], "1");
+    assert_eq!(trail(ids[0].clone()).await.len(), 1);
+}
+
+#[tokio::test]
+async fn first_sign_in_creates_the_practitioner_on_sqlite() {
+    first_sign_in(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn first_sign_in_creates_the_practitioner_on_postgres() {
+    first_sign_in(Engine::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Terms of use
+
+async fn terms_of_use(engine: Engine) {
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let redirect = format!("{base}/auth/callback");
+    let Some(p) = provider(&redirect) else { return };
+    let Some(gw) = gateway(engine, &p.issuer, l).await else {
+        return;
+    };
+    let system = gw.system_token().await;
+    let role = habilitation(&gw, &system, OTHER_DOCTOR).await;
+
+    // the text and its version, for anyone
+    let terms = answer(gw.http.get(format!("{}/auth/terms", gw.base))).await;
+    assert_eq!(terms.status, 200);
+    let version = terms.body["version"].as_str().expect("version").to_owned();
+    assert_eq!(version, passerelle::auth::terms::SHIPPED_VERSION);
+    assert!(terms.body["text"].as_str().unwrap_or("").contains("charte"));
+    assert_eq!(terms.body["signedIn"], false);
+
+    // signed in: acceptance pending, at /auth/terms and /auth/session
+    let (cb, _) = browser_sign_in(&gw, &p, "").await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let cookie = session_cookie(&cb);
+    let me = gw.session(&cookie).await;
+    assert_eq!(me.body["terms"]["status"], "pending", "{}", me.body);
+    let mine = answer(
+        gw.http
+            .get(format!("{}/auth/terms", gw.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(mine.body["signedIn"], true);
+    assert_eq!(mine.body["accepted"], false);
+    // no token until accepted
+    let exchange = |at: String| {
+        let (gw, role) = (&gw, &role);
+        async move {
+            gw.token(&[
+                ("grant_type", EXCHANGE),
+                ("subject_token", &at),
+                ("subject_token_type", AT_TYPE),
+                ("practitioner_role", &format!("PractitionerRole/{role}")),
+            ])
+            .await
+        }
+    };
+    let at = psc_access_token(&p, &redirect, OTHER_DOCTOR, "eidas1").await;
+    let r = exchange(at).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&version)
+    );
+
+    // accepting is a same-origin form post of the version in force, by a signed-in user
+    let post = |origin: Option<&str>, cookie: Option<&str>, version: &str| {
+        let mut r = gw
+            .http
+            .post(format!("{}/auth/terms", gw.base))
+            .form(&[("version", version)]);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        answer(r)
+    };
+    assert_eq!(post(None, Some(&cookie), &version).await.status, 403);
+    assert_eq!(
+        post(Some("https://evil.example"), Some(&cookie), &version)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(post(Some(&gw.base), None, &version).await.status, 401);
+    assert_eq!(
+        post(Some(&gw.base), Some(&cookie), "0-old").await.status,
+        409
+    );
+    let ok = post(Some(&gw.base), Some(&cookie), &version).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.body["version"], version.as_str());
+    let me = gw.session(&cookie).await;
+    assert_eq!(me.body["terms"]["status"], "accepted", "{}", me.body);
+    let pid = me.body["practitioner"]
+        .as_str()
+        .expect("practitioner")
+        .trim_start_matches("Practitioner/")
+        .to_owned();
+    // recorded on the Practitioner, with a Provenance naming the person
+    let account = gw
+        .get(&format!("Practitioner/{pid}"), Some(&system))
+        .await
+        .body;
+    let ext = account["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["url"] == passerelle::auth::terms::TERMS_EXTENSION)
+        .expect("the acceptance extension")
+        .clone();
+    assert_eq!(ext["extension"][0]["valueString"], version.as_str());
+    assert!(ext["extension"][1]["valueDateTime"].is_string());
+    let prov = gw
+        .search(
+            &system,
+            &format!("Provenance?target=Practitioner/{pid}&_count=50"),
+        )
+        .await;
+    assert!(prov.iter().any(|p| {
+        p["reason"][0]["text"] == format!("terms of use accepted (version {version})")
+            && p["agent"][0]["who"]["reference"] == format!("Practitioner/{pid}")
+    }));
+    let at = psc_access_token(&p, &redirect, OTHER_DOCTOR, "eidas1").await;
+    let t = exchange(at).await;
+    assert_eq!(t.status, 200, "{}", t.body);
+
+    // a new version of the terms needs a new acceptance
+    let l2 = listener().await;
+    let opts = Opts {
+        database_url: Some(gw.database_url.clone()),
+        terms_version: Some("2099-01".into()),
+        ..Opts::new(engine, &p.issuer)
+    };
+    let Some(gw2) = start(opts, l2).await else {
+        return;
+    };
+    let at = psc_access_token(&p, &redirect, OTHER_DOCTOR, "eidas1").await;
+    let r = gw2
+        .token(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &at),
+            ("subject_token_type", AT_TYPE),
+            ("practitioner_role", &format!("PractitionerRole/{role}")),
+        ])
+        .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("2099-01")
+    );
+    let shown = answer(gw2.http.get(format!("{}/auth/terms", gw2.base))).await;
+    assert_eq!(shown.body["version"], "2099-01");
+}
+
+#[tokio::test]
+async fn terms_of_use_are_accepted_once_per_version_on_sqlite() {
+    terms_of_use(Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn terms_of_use_are_accepted_once_per_version_on_postgres() {
+    terms_of_use(Engine::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Several instances on one PostgreSQL share sessions, sign-ins and the jti cache
+
+#[tokio::test]
+async fn instances_on_one_postgres_share_sign_in_state() {
+    let (la, lb) = (listener().await, listener().await);
+    let base = format!("http://{}", la.local_addr().expect("addr"));
+    let Some(p) = provider(&format!("{base}/auth/callback")) else {
+        return;
+    };
+    let keys = temp_dir("passerelle-keys");
+    let opts = Opts {
+        signing_key_file: Some(keys.join("gateway.pem")),
+        ..Opts::new(Engine::Postgres, &p.issuer)
+    };
+    let Some(a) = start(opts.clone(), la).await else {
+        return;
+    };
+    // B is A's twin behind one load balancer: one public base, one database, one key file
+    let b = start(
+        Opts {
+            database_url: Some(a.database_url.clone()),
+            public_base: Some(a.base.clone()),
+            ..opts
+        },
+        lb,
+    )
+    .await
+    .expect("second instance");
+
+    // signed in through A, the session works at B
+    let (cb, _) = browser_sign_in(&a, &p, "").await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let cookie = session_cookie(&cb);
+    let at_b = b.session(&cookie).await;
+    assert_eq!(at_b.status, 200, "{}", at_b.body);
+    assert_eq!(at_b.body["SubjectNameID"], OTHER_DOCTOR);
+
+    // a sign-in started at A may be finished at B (the pending sign-in is shared) — but once
+    let login = answer(a.http.get(format!("{}/auth/login", a.base))).await;
+    let state = reqwest::Url::parse(&login.header("location"))
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    let forged = format!("{}/auth/callback?state={state}&code=not-a-code", b.base);
+    assert_eq!(
+        answer(b.http.get(&forged)).await.status,
+        401,
+        "B knows A's state"
+    );
+    assert_eq!(
+        answer(a.http.get(forged.replace(&b.base, &a.base)))
+            .await
+            .status,
+        400,
+        "used once"
+    );
+
+    // a client assertion used at A is refused at B
+    let (key, _) = client_key();
+    let assertion = a.assertion(&key, json!({}));
+    let t = a.client_credentials(&assertion, "system/Task.rs").await;
+    assert_eq!(t.status, 200, "{}", t.body);
+    let replay = b.client_credentials(&assertion, "system/Task.rs").await;
+    assert_oauth_error(&replay, 401, "invalid_client");
+    assert!(
+        replay.body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("replayed")
+    );
+    // A's gateway token works at B (one signing key file)
+    let token = t.body["access_token"].as_str().expect("token");
+    assert_eq!(b.get("Task", Some(token)).await.status, 200);
+
+    // logged out at B, the session is dead at A too
+    let out = answer(
+        b.http
+            .get(format!("{}/auth/logout", b.base))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(out.status, 303);
+    assert_eq!(a.session(&cookie).await.status, 401);
+    assert_eq!(b.session(&cookie).await.status, 401);
+    let _ = std::fs::remove_dir_all(keys);
+}
+
+// ---------------------------------------------------------------------------------------
+// PSC over https, and mutual TLS
+
+/// Signs in over https with `client_secret_basic`: the gateway trusts the test CA.
+#[tokio::test]
+async fn https_sign_in_with_client_secret_basic() {
+    let tls = tls_fixture();
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let Some(p) = start_provider(&format!("{base}/auth/callback"), Some(&tls)) else {
+        return;
+    };
+    assert!(p.issuer.starts_with("https://"));
+    let opts = Opts::new(Engine::Sqlite, &p.issuer).trusting(&p);
+    let Some(gw) = start(opts, l).await else {
+        return;
+    };
+    let (cb, _) = browser_sign_in(&gw, &p, &format!("&login_hint={DOCTOR}")).await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let me = gw.session(&session_cookie(&cb)).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+    assert_eq!(me.body["SubjectNameID"], DOCTOR);
+}
+
+/// `tls_client_auth`: no client secret, the client certificate authenticates the gateway at
+/// PSC's `mtls_endpoint_aliases` (the main https port asks for no certificate, so the code
+/// exchange, userinfo and introspection succeed only through the aliases).
+#[tokio::test]
+async fn mutual_tls_sign_in_and_token_exchange() {
+    let tls = tls_fixture();
+    let l = listener().await;
+    let base = format!("http://{}", l.local_addr().expect("addr"));
+    let redirect = format!("{base}/auth/callback");
+    let Some(p) = start_provider(&redirect, Some(&tls)) else {
+        return;
+    };
+    let opts = Opts {
+        client_id: "passerelle-mtls".into(),
+        client_secret: None,
+        tls_client: Some((tls.path("client.pem"), tls.path("client-key.pem"))),
+        exchange_clients: vec!["passerelle".into()],
+        ..Opts::new(Engine::Sqlite, &p.issuer).trusting(&p)
+    };
+    let Some(gw) = start(opts, l).await else {
+        return;
+    };
+    // the browser sign-in: code exchange and userinfo over mutual TLS
+    let (cb, _) = browser_sign_in(&gw, &p, &format!("&login_hint={DOCTOR}")).await;
+    assert_eq!(cb.status, 303, "{}", cb.body);
+    let cookie = session_cookie(&cb);
+    let me = gw.session(&cookie).await;
+    assert_eq!(me.body["SubjectNameID"], DOCTOR);
+    assert_eq!(gw.accept_terms(&cookie).await.status, 200);
+    // the token exchange: introspection and userinfo over mutual TLS
+    let system = gw.system_token().await;
+    let role = habilitation(&gw, &system, DOCTOR).await;
+    let at = psc_access_token(&p, &redirect, DOCTOR, "eidas1").await;
+    let t = gw
+        .token(&[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &at),
+            ("subject_token_type", AT_TYPE),
+            ("practitioner_role", &format!("PractitionerRole/{role}")),
+        ])
+        .await;
+    assert_eq!(t.status, 200, "{}", t.body);
+}
+
+/// The refusals of TLS towards PSC, each with a clear reason.
+#[tokio::test]
+async fn psc_tls_refusals() {
+    let tls = tls_fixture();
+    let (l1, l2, l3) = (listener().await, listener().await, listener().await);
+    let redirects: Vec<String> = [&l1, &l2, &l3]
+        .iter()
+        .map(|l| format!("http://{}/auth/callback", l.local_addr().expect("addr")))
+        .collect();
+    let Some(p) = start_provider(&redirects.join(","), Some(&tls)) else {
+        return;
+    };
+    // a PSC whose server certificate the gateway does not trust: 502, and why
+    let Some(untrusting) = start(Opts::new(Engine::Sqlite, &p.issuer), l1).await else {
+        return;
+    };
+    let login = answer(
+        untrusting
+            .http
+            .get(format!("{}/auth/login", untrusting.base)),
+    )
+    .await;
+    assert_eq!(login.status, 502, "{}", login.body);
+    let text = login.body.to_string();
+    assert!(
+        text.contains("Pro Santé Connect is unavailable") && text.contains("certificate"),
+        "{text}"
+    );
+    // the mutual-TLS client without a client certificate: PSC refuses the code exchange
+    let opts = Opts {
+        client_id: "passerelle-mtls".into(),
+        ..Opts::new(Engine::Sqlite, &p.issuer).trusting(&p)
+    };
+    let no_cert = start(opts, l2).await.expect("gateway");
+    let (cb, _) = browser_sign_in(&no_cert, &p, "").await;
+    assert_eq!(cb.status, 401, "{}", cb.body);
+    let text = cb.body.to_string();
+    assert!(
+        text.contains("invalid_client") && text.contains("TLS client certificate"),
+        "{text}"
+    );
+    assert!(cb.header("set-cookie").is_empty());
+    // a client certificate of a CA PSC does not trust: refused likewise
+    let opts = Opts {
+        client_id: "passerelle-mtls".into(),
+        client_secret: None,
+        tls_client: Some((tls.path("stranger.pem"), tls.path("stranger-key.pem"))),
+        ..Opts::new(Engine::Sqlite, &p.issuer).trusting(&p)
+    };
+    let stranger = start(opts, l3).await.expect("gateway");
+    let (cb, _) = browser_sign_in(&stranger, &p, "").await;
+    assert_eq!(cb.status, 401, "{}", cb.body);
+    assert!(
+        cb.body.to_string().contains("invalid_client"),
+        "{}",
+        cb.body
     );
 }

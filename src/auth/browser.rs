@@ -1,56 +1,40 @@
 //! PSC sign-in for browsers: `/auth/login` → PSC (authorization code, PKCE S256, `state`,
-//! `nonce`, `acr_values`) → `/auth/callback` (code exchanged with `client_secret_basic`, ID
-//! token and userinfo checked) → a server-side session behind an `HttpOnly; SameSite=Lax`
-//! cookie (`Secure` on https), with PSC's own limits (idle and absolute); `/auth/logout`
-//! ends it and sends the browser to PSC's `end_session_endpoint`. The FHIR API never reads
-//! this cookie.
+//! `nonce`, `acr_values`) → `/auth/callback` (code exchanged, ID token and userinfo checked by
+//! `psc`, the account made or brought up to date by `accounts`) → a server-side session
+//! behind an `HttpOnly; SameSite=Lax` cookie (`Secure` on https), with PSC's own limits (idle
+//! and absolute); `/auth/logout` ends it and sends the browser to PSC's
+//! `end_session_endpoint`. Sign-ins under way and sessions live in the database
+//! (`store::auth_state`), so every instance on one PostgreSQL shares them; the `state` and
+//! the session id are stored only as hashes. The FHIR API never reads this cookie.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::accounts::{self, Account};
 use super::keys::random_id;
-use super::psc::{Psc, PscError};
+use super::psc::{Identity, Psc, PscError};
+use crate::fhir::interaction::Fhir;
+use crate::store::{PendingSignIn, SessionRow, Store, StoreError};
 use crate::time::Micros;
 
 pub const SESSION_COOKIE: &str = "passerelle_session";
 /// How long a started sign-in may take at PSC.
 const PENDING_MICROS: Micros = 10 * 60 * 1_000_000;
 
-/// A sign-in under way, keyed by its `state`.
-struct Pending {
-    nonce: String,
-    verifier: String,
-    started: Micros,
-}
-
 /// A signed-in clinician.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub subject_name_id: String,
-    pub given_name: Option<String>,
-    pub family_name: Option<String>,
-    pub acr: String,
-    id_token: String,
-    created: Micros,
-    last_seen: Micros,
-}
+pub type Session = SessionRow;
 
-/// The sessions and sign-ins of this process (one instance: a shared store is future work).
+/// Sessions and sign-ins (their rows are in the database).
 pub struct Browser {
-    pending: Mutex<HashMap<String, Pending>>,
-    sessions: Mutex<HashMap<String, Session>>,
     idle: Micros,
     absolute: Micros,
     pub secure_cookie: bool,
-    pub redirect_url: String,
     pub logged_out_url: String,
-    scopes: String,
-    acr_values: String,
+    scopes: Vec<String>,
+    acr_values: Vec<String>,
 }
 
 /// Why a sign-in failed.
@@ -65,6 +49,9 @@ pub enum SignInError {
     /// PSC unreachable: 502.
     #[error("{0}")]
     Unavailable(String),
+    /// The database or the account write failed: 500.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<PscError> for SignInError {
@@ -76,15 +63,30 @@ impl From<PscError> for SignInError {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // a panic while holding these maps leaves them consistent: keep serving
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+impl From<StoreError> for SignInError {
+    fn from(e: StoreError) -> SignInError {
+        tracing::error!(error = %e, "sign-in state: storage error");
+        SignInError::Internal("storage error".into())
+    }
+}
+
+/// A completed sign-in: the new session's id (the cookie value), who, and their account.
+#[derive(Debug)]
+pub struct Opened {
+    pub session_id: String,
+    pub identity: Identity,
+    pub account: Account,
+}
+
+/// The stored key of a `state` or a session id: its SHA-256, so a copy of the table gives
+/// no usable cookie.
+pub fn hash_key(secret: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()))
 }
 
 impl Browser {
     pub fn new(
         base: &str,
-        redirect_url: Option<&str>,
         scopes: &[String],
         acr_values: &[String],
         idle_minutes: u32,
@@ -92,140 +94,123 @@ impl Browser {
     ) -> Browser {
         let minute: Micros = 60 * 1_000_000;
         Browser {
-            pending: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
             idle: Micros::from(idle_minutes) * minute,
             absolute: Micros::from(max_hours) * 60 * minute,
             secure_cookie: base.starts_with("https://"),
-            redirect_url: redirect_url
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("{base}/auth/callback")),
             logged_out_url: format!("{base}/auth/logged-out"),
-            scopes: scopes.join(" "),
-            acr_values: acr_values.join(" "),
+            scopes: scopes.to_vec(),
+            acr_values: acr_values.to_vec(),
         }
     }
 
     /// The PSC authorization URL of a new sign-in.
-    pub async fn start(&self, psc: &Psc, now: Micros) -> Result<String, SignInError> {
-        let endpoint = psc
-            .discovery()
-            .await?
-            .authorization_endpoint
-            .clone()
-            .ok_or_else(|| SignInError::Unavailable("no authorization_endpoint".into()))?;
+    pub async fn start(&self, psc: &Psc, store: &Store) -> Result<String, SignInError> {
         let state = random_id();
         let nonce = random_id();
-        let verifier = random_id();
-        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        let mut url = reqwest::Url::parse(&endpoint)
-            .map_err(|_| SignInError::Unavailable("bad authorization_endpoint".into()))?;
-        url.query_pairs_mut()
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &psc.client_id)
-            .append_pair("redirect_uri", &self.redirect_url)
-            .append_pair("scope", &self.scopes)
-            .append_pair("acr_values", &self.acr_values)
-            .append_pair("state", &state)
-            .append_pair("nonce", &nonce)
-            .append_pair("code_challenge", &challenge)
-            .append_pair("code_challenge_method", "S256");
-        let mut pending = lock(&self.pending);
-        pending.retain(|_, p| now - p.started < PENDING_MICROS);
-        pending.insert(
-            state,
-            Pending {
-                nonce,
-                verifier,
-                started: now,
-            },
-        );
-        Ok(url.to_string())
+        let (url, verifier) = psc
+            .authorization_url(&self.scopes, &self.acr_values, state.clone(), nonce.clone())
+            .await?;
+        let now = store.clock().now();
+        let pending = PendingSignIn {
+            nonce,
+            verifier,
+            created: now,
+        };
+        let key = hash_key(&state);
+        store
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .put_pending_sign_in(&key, &pending, now - PENDING_MICROS)
+                        .await
+                })
+            })
+            .await?;
+        Ok(url)
     }
 
     /// Drops a sign-in under way (PSC answered an error); whether it was known.
-    pub fn forget(&self, state: &str) -> bool {
-        lock(&self.pending).remove(state).is_some()
+    pub async fn forget(&self, store: &Store, state: &str) -> Result<bool, SignInError> {
+        Ok(take_pending(store, state).await?.is_some())
     }
 
-    /// Completes a sign-in from the callback's `state` and `code`; returns the new session id.
+    /// Completes a sign-in from the callback's `state` and `code`: the account is made (first
+    /// sign-in) or brought up to date, and a session opened.
     pub async fn finish(
         &self,
         psc: &Psc,
+        fhir: &Arc<Fhir>,
         state: &str,
         code: &str,
-        now: Micros,
-    ) -> Result<String, SignInError> {
-        let pending = lock(&self.pending)
-            .remove(state)
-            .filter(|p| now - p.started < PENDING_MICROS)
+    ) -> Result<Opened, SignInError> {
+        let store = &fhir.store;
+        let now = store.clock().now();
+        let pending = take_pending(store, state)
+            .await?
+            .filter(|p| now - p.created < PENDING_MICROS)
             .ok_or_else(|| {
                 SignInError::BadRequest("unknown, expired or already used sign-in state".into())
             })?;
-        let tokens = psc
-            .redeem_code(code, &self.redirect_url, &pending.verifier)
-            .await?;
-        let id_token = tokens["id_token"]
-            .as_str()
-            .ok_or_else(|| SignInError::Refused("PSC returned no ID token".into()))?;
-        let access_token = tokens["access_token"]
-            .as_str()
-            .ok_or_else(|| SignInError::Refused("PSC returned no access token".into()))?;
-        let claims = psc.verify_jwt(id_token).await?;
-        // token lifetimes are PSC's wall-clock time, not the gateway's (injectable) clock
-        let now_s = jsonwebtoken::get_current_timestamp();
-        check_id_token(
-            &claims,
-            &psc.issuer,
-            &psc.client_id,
-            &pending.nonce,
-            &psc.accepted_acr,
-            now_s,
-        )
-        .map_err(SignInError::Refused)?;
-        let identity = psc.userinfo(access_token).await?;
-        if identity.userinfo["sub"] != claims["sub"] {
-            return Err(SignInError::Refused(
-                "userinfo and the ID token name different subjects".into(),
-            ));
-        }
-        let text = |k: &str| identity.userinfo[k].as_str().map(str::to_owned);
-        let session = Session {
-            given_name: text("given_name"),
-            family_name: text("family_name"),
-            subject_name_id: identity.subject_name_id,
-            acr: claims["acr"].as_str().unwrap_or("").to_owned(),
-            id_token: id_token.to_owned(),
+        let signed_in = psc.sign_in(code, &pending.verifier, &pending.nonce).await?;
+        let account = accounts::ensure_practitioner(fhir, &signed_in.identity)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "sign-in: the account could not be written");
+                SignInError::Internal("the account could not be written".into())
+            })?;
+        let identity = signed_in.identity;
+        let row = SessionRow {
+            subject_name_id: identity.subject_name_id.clone(),
+            practitioner: account.reference(),
+            given_name: identity.given_name.clone(),
+            family_name: identity.family_name.clone(),
+            acr: signed_in.acr,
+            id_token: signed_in.id_token,
             created: now,
             last_seen: now,
         };
-        let id = random_id();
-        let mut sessions = lock(&self.sessions);
-        sessions.retain(|_, s| self.alive(s, now));
-        sessions.insert(id.clone(), session);
-        Ok(id)
-    }
-
-    fn alive(&self, s: &Session, now: Micros) -> bool {
-        now - s.last_seen < self.idle && now - s.created < self.absolute
+        let session_id = random_id();
+        let key = hash_key(&session_id);
+        let (idle_before, absolute_before) = (now - self.idle, now - self.absolute);
+        store
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .put_session(&key, &row, idle_before, absolute_before)
+                        .await
+                })
+            })
+            .await?;
+        Ok(Opened {
+            session_id,
+            identity,
+            account,
+        })
     }
 
     /// The session of a cookie value, if alive (and then touched).
-    pub fn session(&self, id: &str, now: Micros) -> Option<Session> {
-        let mut sessions = lock(&self.sessions);
-        let alive = sessions.get(id).is_some_and(|s| self.alive(s, now));
-        if !alive {
-            sessions.remove(id);
-            return None;
-        }
-        let s = sessions.get_mut(id)?;
-        s.last_seen = now;
-        Some(s.clone())
+    pub async fn session(&self, store: &Store, id: &str) -> Result<Option<Session>, SignInError> {
+        let now = store.clock().now();
+        let key = hash_key(id);
+        let (idle_before, absolute_before) = (now - self.idle, now - self.absolute);
+        Ok(store
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .touch_session(&key, now, idle_before, absolute_before)
+                        .await
+                })
+            })
+            .await?)
     }
 
-    /// Ends a session; returns its ID token (the `id_token_hint` of PSC's logout).
-    pub fn end(&self, id: &str) -> Option<String> {
-        lock(&self.sessions).remove(id).map(|s| s.id_token)
+    /// Ends a session (for every instance); returns it (its ID token is the
+    /// `id_token_hint` of PSC's logout).
+    pub async fn end(&self, store: &Store, id: &str) -> Result<Option<Session>, SignInError> {
+        let key = hash_key(id);
+        Ok(store
+            .write(move |tx| Box::pin(async move { tx.conn().end_session(&key).await }))
+            .await?)
     }
 
     /// The `Set-Cookie` value of a session (or of its removal, with `None`).
@@ -238,113 +223,34 @@ impl Browser {
     }
 }
 
-/// The checks of an ID token's claims (its signature and issuer are checked before): the
-/// issuer, this client among the audiences (and as `azp` when there are several), not
-/// expired, the sign-in's nonce, an accepted `acr`.
-pub fn check_id_token(
-    claims: &Value,
-    issuer: &str,
-    client_id: &str,
-    nonce: &str,
-    accepted_acr: &[String],
-    now: u64,
-) -> Result<(), String> {
-    if claims["iss"].as_str().map(|i| i.trim_end_matches('/')) != Some(issuer) {
-        return Err("ID token from another issuer".into());
-    }
-    let audiences: Vec<&str> = match &claims["aud"] {
-        Value::String(a) => vec![a.as_str()],
-        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-        _ => Vec::new(),
-    };
-    if !audiences.contains(&client_id) {
-        return Err("ID token for another client (aud)".into());
-    }
-    if audiences.len() > 1 && claims["azp"].as_str() != Some(client_id) {
-        return Err("ID token for another client (azp)".into());
-    }
-    match claims["exp"].as_u64() {
-        Some(exp) if exp + 30 > now => {}
-        _ => return Err("ID token expired".into()),
-    }
-    if claims["nonce"].as_str() != Some(nonce) {
-        return Err("ID token nonce does not match the sign-in".into());
-    }
-    let acr = claims["acr"].as_str().unwrap_or("");
-    if !accepted_acr.iter().any(|a| a == acr) {
-        return Err(format!(
-            "authentication level `{acr}` is not accepted ({})",
-            accepted_acr.join(", ")
-        ));
-    }
-    Ok(())
+async fn take_pending(store: &Store, state: &str) -> Result<Option<PendingSignIn>, SignInError> {
+    let key = hash_key(state);
+    Ok(store
+        .write(move |tx| Box::pin(async move { tx.conn().take_pending_sign_in(&key).await }))
+        .await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn ok() -> Value {
-        json!({"iss": "https://psc", "aud": "gw", "exp": 1000, "nonce": "n", "acr": "eidas1", "sub": "s"})
-    }
-
-    fn check(c: &Value) -> Result<(), String> {
-        check_id_token(c, "https://psc", "gw", "n", &["eidas1".to_owned()], 900)
-    }
-
-    #[test]
-    fn id_token_refusals() {
-        assert_eq!(check(&ok()), Ok(()));
-        let with = |k: &str, v: Value| {
-            let mut c = ok();
-            c[k] = v;
-            c
-        };
-        assert!(
-            check(&with("iss", json!("https://other")))
-                .unwrap_err()
-                .contains("issuer")
-        );
-        assert!(
-            check(&with("aud", json!("other")))
-                .unwrap_err()
-                .contains("aud")
-        );
-        assert!(
-            check(&with("aud", json!(["gw", "other"])))
-                .unwrap_err()
-                .contains("azp")
-        );
-        let mut multi = with("aud", json!(["gw", "other"]));
-        multi["azp"] = json!("gw");
-        assert_eq!(check(&multi), Ok(()));
-        assert!(
-            check(&with("exp", json!(800)))
-                .unwrap_err()
-                .contains("expired")
-        );
-        assert!(
-            check(&with("nonce", json!("m")))
-                .unwrap_err()
-                .contains("nonce")
-        );
-        assert!(
-            check(&with("acr", json!("eidas3")))
-                .unwrap_err()
-                .contains("eidas3")
-        );
-        assert!(check(&with("acr", Value::Null)).is_err());
-    }
 
     #[test]
     fn cookie_flags() {
-        let b = Browser::new("https://gw.example.fr", None, &[], &[], 30, 4);
+        let b = Browser::new("https://gw.example.fr", &[], &[], 30, 4);
         let c = b.cookie(Some("abc"));
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Lax") && c.contains("; Secure"));
-        assert_eq!(b.redirect_url, "https://gw.example.fr/auth/callback");
-        let b = Browser::new("http://127.0.0.1:1", None, &[], &[], 30, 4);
+        assert_eq!(b.logged_out_url, "https://gw.example.fr/auth/logged-out");
+        let b = Browser::new("http://127.0.0.1:1", &[], &[], 30, 4);
         assert!(!b.cookie(Some("abc")).contains("Secure"));
         assert!(b.cookie(None).contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn stored_keys_are_hashes() {
+        let id = random_id();
+        let k = hash_key(&id);
+        assert_ne!(k, id);
+        assert_eq!(k.len(), 43);
+        assert_eq!(k, hash_key(&id));
     }
 }

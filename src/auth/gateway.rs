@@ -2,7 +2,7 @@
 //! FHIR request), the registered system clients and their `private_key_jwt` assertions.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
@@ -10,12 +10,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::RwLock;
 
+use super::accounts;
+use super::events::Who;
 use super::keys::{SigningKey, random_id};
-use super::psc::{IDNAT_PS_SYSTEM, Psc};
+use super::psc::Psc;
 use super::scope::{self, Perm};
+use super::terms::Terms;
 use super::{Caller, habilitation};
 use crate::config::{ClientConfig, Config};
 use crate::fhir::error::{Error, Result};
+use crate::fhir::interaction::Fhir;
 use crate::fhir::reference;
 use crate::store::Store;
 
@@ -90,11 +94,11 @@ pub struct Gateway {
     token_lifetime: u64,
     assertion_max_lifetime: u64,
     clients: HashMap<String, Client>,
-    /// `client_id␟jti` of accepted assertions until their expiry (replay check).
-    seen: Mutex<HashMap<String, u64>>,
     http: reqwest::Client,
     /// Browser sign-in and sessions.
     pub browser: super::browser::Browser,
+    /// The terms of use a clinician accepts before a token is issued to them.
+    pub terms: Terms,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -132,7 +136,13 @@ impl Gateway {
             .psc
             .as_ref()
             .ok_or_else(|| "no [psc] section".to_owned())?;
-        let psc = Psc::new(psc_config).map_err(|e| e.to_string())?;
+        let base = base.trim_end_matches('/');
+        let redirect_url = psc_config
+            .redirect_url
+            .clone()
+            .unwrap_or_else(|| format!("{base}/auth/callback"));
+        let psc = Psc::new(psc_config, redirect_url).map_err(|e| e.to_string())?;
+        let terms = Terms::from_config(&config.auth)?;
         let key = match &config.auth.signing_key_file {
             Some(path) => SigningKey::load_or_create(path),
             None => {
@@ -175,22 +185,21 @@ impl Gateway {
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Gateway {
-            base: base.trim_end_matches('/').to_owned(),
+            base: base.to_owned(),
             key,
             psc,
             token_lifetime: u64::from(config.auth.token_lifetime_seconds.max(1)),
             assertion_max_lifetime: u64::from(config.auth.assertion_max_lifetime_seconds),
             clients,
-            seen: Mutex::new(HashMap::new()),
             http,
             browser: super::browser::Browser::new(
-                base.trim_end_matches('/'),
-                psc_config.redirect_url.as_deref(),
+                base,
                 &psc_config.scopes,
                 &psc_config.acr_values,
                 psc_config.session_idle_minutes,
                 psc_config.session_max_hours,
             ),
+            terms,
         })
     }
 
@@ -229,10 +238,13 @@ impl Gateway {
         }
     }
 
-    /// `client_credentials` with `private_key_jwt` (SMART Backend Services).
+    /// `client_credentials` with `private_key_jwt` (SMART Backend Services). `who` names the
+    /// client as soon as its assertion does (for the audit trail, refusals included).
     pub async fn client_credentials(
         &self,
         form: &HashMap<String, String>,
+        store: &Store,
+        who: &mut Who,
     ) -> std::result::Result<Issued, TokenError> {
         if form.get("client_assertion_type").map(String::as_str) != Some(JWT_BEARER) {
             return Err(TokenError::client(format!(
@@ -242,7 +254,7 @@ impl Gateway {
         let assertion = form
             .get("client_assertion")
             .ok_or_else(|| TokenError::client("client_assertion is missing"))?;
-        let client = self.check_assertion(assertion).await?;
+        let client = self.check_assertion(assertion, store, who).await?;
         let requested = form
             .get("scope")
             .map(String::as_str)
@@ -274,13 +286,20 @@ impl Gateway {
     }
 
     /// Checks a client assertion: a registered client (`iss` = `sub` = `client_id`), signed
-    /// by one of its keys, for this token endpoint, short-lived, never seen before.
-    async fn check_assertion(&self, jwt: &str) -> std::result::Result<ClientConfig, TokenError> {
+    /// by one of its keys, for this token endpoint, short-lived, never seen before (by any
+    /// instance: the ids used are in the database until they expire).
+    async fn check_assertion(
+        &self,
+        jwt: &str,
+        store: &Store,
+        who: &mut Who,
+    ) -> std::result::Result<ClientConfig, TokenError> {
         let unverified: Value = jsonwebtoken::dangerous::insecure_decode_claims(jwt)
             .map_err(|_| TokenError::client("client_assertion is not a JWT"))?;
         let client_id = unverified["iss"]
             .as_str()
             .ok_or_else(|| TokenError::client("client_assertion has no iss"))?;
+        who.client_id = Some(client_id.to_owned());
         let client = self
             .clients
             .get(client_id)
@@ -314,19 +333,28 @@ impl Gateway {
             .as_str()
             .filter(|j| !j.is_empty())
             .ok_or_else(|| TokenError::client("client_assertion has no jti"))?;
-        let mut seen = self
-            .seen
-            .lock()
-            .map_err(|_| TokenError::new(500, "server_error", "replay cache poisoned"))?;
-        let t = now();
-        seen.retain(|_, until| *until + 60 >= t);
         let key = format!("{client_id}\u{1f}{jti}");
-        if seen.contains_key(&key) {
+        let expires = i64::try_from(exp).unwrap_or(i64::MAX);
+        // ids stay a minute past their assertion's expiry (the leeway above is 30 s)
+        let expired_before = i64::try_from(now()).unwrap_or(i64::MAX) - 60;
+        let fresh = store
+            .write(move |tx| {
+                Box::pin(async move {
+                    tx.conn()
+                        .use_assertion_id(&key, expires, expired_before)
+                        .await
+                })
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "client assertion replay check: storage error");
+                TokenError::new(500, "server_error", "storage error")
+            })?;
+        if !fresh {
             return Err(TokenError::client(
                 "client_assertion replayed (jti already used)",
             ));
         }
-        seen.insert(key, exp);
         Ok(client.config.clone())
     }
 
@@ -373,11 +401,15 @@ impl Gateway {
     }
 
     /// RFC 8693 token exchange of a PSC access token for a gateway token acting through one
-    /// of the clinician's habilitations (`practitioner_role`).
+    /// of the clinician's habilitations (`practitioner_role`). The exchange is a sign-in: the
+    /// clinician's account is made or brought up to date from userinfo first; a token needs
+    /// the current terms of use accepted and a valid habilitation of that account. `who`
+    /// names the clinician as soon as PSC does (for the audit trail, refusals included).
     pub async fn exchange(
         &self,
         form: &HashMap<String, String>,
-        store: &Store,
+        fhir: &Arc<Fhir>,
+        who: &mut Who,
     ) -> std::result::Result<Issued, TokenError> {
         let token = form
             .get("subject_token")
@@ -407,6 +439,7 @@ impl Gateway {
                 "practitioner_role is not PractitionerRole/<id>",
             ));
         }
+        who.role = Some(format!("PractitionerRole/{role_id}"));
         let psc_error = |e: super::psc::PscError| match e {
             super::psc::PscError::Rejected(m) => TokenError::request(m),
             other => {
@@ -420,6 +453,7 @@ impl Gateway {
         };
         let introspected = self.psc.introspect(token).await.map_err(psc_error)?;
         let identity = self.psc.userinfo(token).await.map_err(psc_error)?;
+        who.subject_name_id = Some(identity.subject_name_id.clone());
         if let Some(id) = introspected["SubjectNameID"].as_str()
             && id != identity.subject_name_id
         {
@@ -427,44 +461,45 @@ impl Gateway {
                 "introspection and userinfo name different clinicians",
             ));
         }
-        let target = |m: String| TokenError::new(400, "invalid_target", m);
-        let load = |rtype: &'static str, id: String| async move {
-            store
-                .current(rtype, &id)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "token exchange: storage error");
-                    TokenError::new(500, "server_error", "storage error")
-                })
-                .map(|s| {
-                    s.filter(|s| !s.deleted)
-                        .and_then(|s| s.body)
-                        .and_then(|b| serde_json::from_str::<Value>(&b).ok())
-                })
+        let server = |what: &str, e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "token exchange: {what}");
+            TokenError::new(500, "server_error", what.to_owned())
         };
-        let role = load("PractitionerRole", role_id.clone())
-            .await?
+        let account = accounts::ensure_practitioner(fhir, &identity)
+            .await
+            .map_err(|e| server("the account could not be written", &e))?;
+        let practitioner = account.reference();
+        who.practitioner = Some(practitioner.clone());
+        if !self.terms.accepted_by(&account.body) {
+            return Err(TokenError::new(
+                400,
+                "invalid_grant",
+                format!(
+                    "the terms of use (version {}) have not been accepted yet: sign in at {}/auth/login and accept them at {}/auth/terms",
+                    self.terms.version, self.base, self.base
+                ),
+            ));
+        }
+        if account.body["active"] == Value::Bool(false) {
+            return Err(TokenError::new(
+                400,
+                "invalid_grant",
+                format!("{practitioner} is not active"),
+            ));
+        }
+        let target = |m: String| TokenError::new(400, "invalid_target", m);
+        let role = fhir
+            .store
+            .current("PractitionerRole", &role_id)
+            .await
+            .map_err(|e| server("storage error", &e))?
+            .filter(|s| !s.deleted)
+            .and_then(|s| s.body)
+            .and_then(|b| serde_json::from_str::<Value>(&b).ok())
             .ok_or_else(|| target(format!("no habilitation PractitionerRole/{role_id}")))?;
-        let hab = habilitation(&role_id, &role, store.clock().now())
+        let hab = habilitation(&role_id, &role, fhir.store.clock().now())
             .ok_or_else(|| target(format!("PractitionerRole/{role_id} is not valid now")))?;
-        let practitioner = hab
-            .practitioner
-            .clone()
-            .ok_or_else(|| target(format!("PractitionerRole/{role_id} names no Practitioner")))?;
-        let pid = practitioner.trim_start_matches("Practitioner/").to_owned();
-        let person = load("Practitioner", pid).await?.ok_or_else(|| {
-            target(format!(
-                "{practitioner} of PractitionerRole/{role_id} does not exist"
-            ))
-        })?;
-        let holds = person["identifier"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|i| {
-                i["system"] == IDNAT_PS_SYSTEM && i["value"] == identity.subject_name_id.as_str()
-            });
-        if !holds || person["active"] == Value::Bool(false) {
+        if hab.practitioner.as_deref() != Some(practitioner.as_str()) {
             return Err(target(format!(
                 "PractitionerRole/{role_id} is not a habilitation of the signed-in clinician"
             )));

@@ -8,13 +8,16 @@
 //! only (`gateway`, issued at `/auth/token` by `endpoints`). [`Authenticator::caller`] is the
 //! one call the HTTP edge makes.
 
+pub mod accounts;
 pub mod browser;
 pub mod endpoints;
+pub mod events;
 pub mod gateway;
 pub mod keys;
 pub mod psc;
 pub mod scope;
 pub mod secret;
+pub mod terms;
 
 use std::sync::Arc;
 

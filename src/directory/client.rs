@@ -40,9 +40,8 @@ pub struct Settings {
     pub token_url: String,
     pub client_id: String,
     pub client_secret: Option<String>,
-    /// PEM certificate then key, for mutual TLS.
-    pub identity_pem: Option<Vec<u8>>,
-    pub ca_pem: Option<Vec<u8>>,
+    /// Mutual TLS identity and extra roots.
+    pub tls: crate::http_client::TlsFiles,
     pub user_profile_code: String,
     pub business_role_code: String,
     pub timeout: Duration,
@@ -71,19 +70,13 @@ impl Settings {
             }
             (None, None) => None,
         };
-        let identity_pem = match (&c.tls_client_cert, &c.tls_client_key) {
-            (Some(cert), Some(key)) => {
-                let mut pem = read(cert, "tls_client_cert")?;
-                pem.push(b'\n');
-                pem.extend(read(key, "tls_client_key")?);
-                Some(pem)
-            }
-            _ => None,
-        };
-        let ca_pem = match &c.tls_ca_file {
-            Some(f) => Some(read(f, "tls_ca_file")?),
-            None => None,
-        };
+        let tls = crate::http_client::TlsFiles::read(
+            "ror",
+            c.tls_client_cert.as_deref(),
+            c.tls_client_key.as_deref(),
+            c.tls_ca_file.as_deref(),
+        )
+        .map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Settings {
             base_url: need(&c.base_url, "base_url")?
                 .trim_end_matches('/')
@@ -91,8 +84,7 @@ impl Settings {
             token_url: need(&c.token_url, "token_url")?,
             client_id: need(&c.client_id, "client_id")?,
             client_secret,
-            identity_pem,
-            ca_pem,
+            tls,
             user_profile_code: need(&c.user_profile_code, "user_profile_code")?,
             business_role_code: need(&c.business_role_code, "business_role_code")?,
             timeout: Duration::from_secs(c.timeout_seconds.max(1)),
@@ -127,26 +119,14 @@ pub struct RorClient {
 
 impl RorClient {
     pub fn new(settings: Settings) -> Result<RorClient, ClientError> {
-        crate::install_crypto_provider();
         // `timeout` bounds each request whole, except the downloads of export files, which
         // may take long: those are bounded per read (`read_timeout`) instead.
-        let mut b = reqwest::Client::builder()
+        let http = settings
+            .tls
+            .builder("ror")
+            .map_err(|e| ClientError::Config(e.to_string()))?
             .read_timeout(settings.timeout)
             .connect_timeout(settings.timeout.min(Duration::from_secs(30)))
-            .user_agent(concat!("passerelle/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &settings.identity_pem {
-            let id = reqwest::Identity::from_pem(pem)
-                .map_err(|e| ClientError::Config(format!("tls_client_cert/tls_client_key: {e}")))?;
-            b = b.identity(id);
-        }
-        if let Some(pem) = &settings.ca_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| ClientError::Config(format!("tls_ca_file: {e}")))?
-            {
-                b = b.add_root_certificate(cert);
-            }
-        }
-        let http = b
             .build()
             .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
         Ok(RorClient {

@@ -931,8 +931,10 @@ macro_rules! bind_args {
 
 // after `on_conn!` and `bind_args!`, which they use
 mod audit;
+mod auth_state;
 mod sync_state;
 pub use audit::{AuditRow, LogColumn, LogQueryError, LoggedEvent};
+pub use auth_state::{PendingSignIn, SessionRow};
 
 const STORED_COLUMNS: &str = "r.rid, r.rtype, r.id, r.version, r.last_updated, r.deleted, v.body";
 
@@ -967,6 +969,15 @@ impl Conn<'_> {
     async fn sync(&mut self) -> Result<(), StoreError> {
         if let Conn::Sqlite(c, Some(b)) = self {
             b.flush(c).await?;
+        }
+        Ok(())
+    }
+
+    /// Before a job writes a table of its own directly (not a resource): inside the SQLite
+    /// batch, the job's savepoint, so that a failing job rolls back alone.
+    async fn before_direct_write(&mut self) -> Result<(), StoreError> {
+        if let Conn::Sqlite(c, Some(b)) = self {
+            b.savepoint(c).await?;
         }
         Ok(())
     }

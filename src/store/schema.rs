@@ -30,6 +30,12 @@ const MIGRATIONS: &[Migration] = &[
         postgres: include_str!("../../migrations/postgres/0003_sync_state.sql"),
     },
     Migration {
+        version: 4,
+        name: "auth_state",
+        sqlite: include_str!("../../migrations/sqlite/0004_auth_state.sql"),
+        postgres: include_str!("../../migrations/postgres/0004_auth_state.sql"),
+    },
+    Migration {
         version: 5,
         name: "audit_events",
         sqlite: include_str!("../../migrations/sqlite/0005_audit_events.sql"),

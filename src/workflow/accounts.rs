@@ -90,7 +90,34 @@ impl Workflow {
         Ok(())
     }
 
-    /// A Provenance of the account history.
+    /// A Provenance of the account history: what happened (`code` of the account-event
+    /// code system, with an optional reason), to what, by `who` (a reference or a display).
+    pub fn history_entry(
+        &self,
+        targets: &[String],
+        code: &str,
+        reason: Option<&str>,
+        who: Value,
+        recorded: Micros,
+    ) -> Value {
+        let mut coding = json!({"system": code_system("account-event"), "code": code});
+        if let Some(d) = self.rules.account_events.get(code) {
+            coding["display"] = json!(d);
+        }
+        let mut p = json!({
+            "resourceType": "Provenance",
+            "target": targets.iter().map(|t| json!({"reference": t})).collect::<Vec<_>>(),
+            "recorded": format_instant(recorded),
+            "activity": {"coding": [coding]},
+            "agent": [super::agent(who, None)],
+        });
+        if let Some(r) = reason {
+            p["reason"] = json!([{"text": r}]);
+        }
+        p
+    }
+
+    /// A Provenance of the account history, by `caller`.
     async fn account_provenance(
         &self,
         fhir: &Fhir,
@@ -100,21 +127,8 @@ impl Workflow {
         code: &str,
         on_behalf_of: Option<String>,
     ) -> Result<()> {
-        let display = self
-            .rules
-            .account_events
-            .get(code)
-            .cloned()
-            .unwrap_or_else(|| code.to_owned());
-        let p = json!({
-            "resourceType": "Provenance",
-            "target": targets.iter().map(|t| json!({"reference": t})).collect::<Vec<_>>(),
-            "recorded": format_instant(tx.now()),
-            "activity": {
-                "coding": [{"system": code_system("account-event"), "code": code, "display": display}],
-            },
-            "agent": [super::author(caller, on_behalf_of)],
-        });
+        let mut p = self.history_entry(targets, code, None, Value::Null, tx.now());
+        p["agent"] = json!([super::author(caller, on_behalf_of)]);
         put_resource(fhir, tx, "Provenance", None, p, "POST").await?;
         Ok(())
     }

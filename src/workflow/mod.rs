@@ -1844,6 +1844,13 @@ fn author(caller: &Caller, on_behalf_of: Option<String>) -> Value {
         Caller::Client(c) => json!({"display": format!("Passerelle ({})", c.client_id)}),
         Caller::Anonymous => json!({"display": "anonymous"}),
     };
+    let on_behalf_of =
+        on_behalf_of.or_else(|| caller.habilitation().and_then(|h| h.delegated_by.clone()));
+    agent(who, on_behalf_of)
+}
+
+/// A Provenance author agent: `who`, on behalf of another (a `Type/id` reference).
+fn agent(who: Value, on_behalf_of: Option<String>) -> Value {
     let mut agent = json!({
         "type": {"coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
@@ -1851,8 +1858,6 @@ fn author(caller: &Caller, on_behalf_of: Option<String>) -> Value {
         }]},
         "who": who,
     });
-    let on_behalf_of =
-        on_behalf_of.or_else(|| caller.habilitation().and_then(|h| h.delegated_by.clone()));
     if let Some(b) = on_behalf_of {
         agent["onBehalfOf"] = json!({"reference": b});
     }

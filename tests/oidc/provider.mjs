@@ -1,30 +1,40 @@
 // A loopback OpenID Connect provider configured like Pro Santé Connect, for tests/psc.rs.
 //
-//   node tests/oidc/provider.mjs PORT ACCOUNTS.json REDIRECT_URI
+//   node tests/oidc/provider.mjs PORT ACCOUNTS.json REDIRECT_URI [TLS_DIR MTLS_PORT]
 //
 // - issuer http://127.0.0.1:PORT; discovery also at /.well-known/wallet-openid-configuration
 //   (PSC's non-standard path);
+// - with TLS_DIR (ca.pem, server.pem, server-key.pem made by the test): issuer
+//   https://127.0.0.1:PORT, and a second HTTPS listener on MTLS_PORT that asks for a client
+//   certificate, published as the `mtls_endpoint_aliases` (token, userinfo, introspection),
+//   as PSC does; the main listener asks for none, so tls_client_auth works only there;
 // - scopes openid and scope_all (which carries the PSC claims: SubjectNameID, SubjectRefPro…);
 // - acr values eidas1 (what PSC uses), eidas2, eidas3 (for the refusal tests);
 // - PKCE S256 required; introspection and userinfo (JSON, or a signed JWT for the RS256 client);
-// - clients: `passerelle` (client_secret_basic, HS256 ID tokens) and `passerelle-rs256`
-//   (client_secret_basic, RS256 ID tokens and signed userinfo);
+// - clients: `passerelle` (client_secret_basic, HS256 ID tokens), `passerelle-rs256`
+//   (client_secret_basic, RS256 ID tokens and signed userinfo) and `passerelle-mtls`
+//   (tls_client_auth with a certificate of the test CA whose subject is CN=passerelle-mtls,
+//   RS256 ID tokens);
 // - a non-interactive login for tests: /interaction/:uid signs in the account named by
 //   `login_hint` (default: the first of ACCOUNTS.json) at the level `test_acr` (default
-//   eidas1) and grants the requested scopes. ACCOUNTS.json maps SubjectNameID → userinfo.
+//   eidas1) and grants the requested scopes. ACCOUNTS.json maps SubjectNameID → userinfo;
+//   it is read again at each use, so a test may change someone's claims.
 // Prints `ready` on stdout once listening.
 import http from 'node:http';
+import https from 'node:https';
 import { readFileSync } from 'node:fs';
-import { generateKeyPairSync } from 'node:crypto';
+import { join } from 'node:path';
+import { generateKeyPairSync, X509Certificate } from 'node:crypto';
 import Provider from 'oidc-provider';
 
-const [port, accountsFile, redirectUri] = process.argv.slice(2);
-if (!port || !accountsFile || !redirectUri) {
-  console.error('usage: provider.mjs PORT ACCOUNTS.json REDIRECT_URI');
+const [port, accountsFile, redirectUri, tlsDir, mtlsPort] = process.argv.slice(2);
+if (!port || !accountsFile || !redirectUri || (tlsDir && !mtlsPort)) {
+  console.error('usage: provider.mjs PORT ACCOUNTS.json REDIRECT_URI [TLS_DIR MTLS_PORT]');
   process.exit(2);
 }
-const accounts = JSON.parse(readFileSync(accountsFile, 'utf8'));
-const issuer = `http://127.0.0.1:${port}`;
+const accounts = () => JSON.parse(readFileSync(accountsFile, 'utf8'));
+const issuer = `${tlsDir ? 'https' : 'http'}://127.0.0.1:${port}`;
+const mtlsBase = tlsDir ? `https://127.0.0.1:${mtlsPort}` : undefined;
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const rsaJwk = { ...privateKey.export({ format: 'jwk' }), kid: 'test-rs256', use: 'sig', alg: 'RS256' };
 
@@ -51,6 +61,12 @@ const common = {
   token_endpoint_auth_method: 'client_secret_basic',
 };
 
+// the client certificate of a TLS socket (none on plain http, or when none was sent)
+const peerCertificate = (ctx) => {
+  const peer = ctx.socket.getPeerCertificate?.();
+  return peer && peer.raw ? peer : undefined;
+};
+
 const provider = new Provider(issuer, {
   clients: [
     { ...common, client_id: 'passerelle', id_token_signed_response_alg: 'HS256' },
@@ -60,12 +76,21 @@ const provider = new Provider(issuer, {
       id_token_signed_response_alg: 'RS256',
       userinfo_signed_response_alg: 'RS256',
     },
+    {
+      ...common,
+      client_id: 'passerelle-mtls',
+      client_secret: undefined,
+      token_endpoint_auth_method: 'tls_client_auth',
+      tls_client_auth_subject_dn: 'CN=passerelle-mtls',
+      id_token_signed_response_alg: 'RS256',
+    },
   ],
   jwks: { keys: [rsaJwk] },
   enabledJWA: {
     idTokenSigningAlgValues: ['HS256', 'RS256'],
     userinfoSigningAlgValues: ['HS256', 'RS256'],
   },
+  clientAuthMethods: ['client_secret_basic', 'tls_client_auth'],
   scopes: ['openid', 'scope_all'],
   claims: { openid: ['sub'], scope_all: claimNames },
   acrValues: ['eidas1', 'eidas2', 'eidas3'],
@@ -76,13 +101,37 @@ const provider = new Provider(issuer, {
     userinfo: { enabled: true },
     jwtUserinfo: { enabled: true },
     rpInitiatedLogout: { enabled: true },
+    mTLS: {
+      enabled: true,
+      tlsClientAuth: true,
+      getCertificate(ctx) {
+        const peer = peerCertificate(ctx);
+        return peer ? new X509Certificate(peer.raw) : undefined;
+      },
+      // the alias listener trusts the test CA only: node says whether the chain verified
+      certificateAuthorized(ctx) {
+        return ctx.socket.authorized === true;
+      },
+      certificateSubjectMatches(ctx, property, expected) {
+        const peer = peerCertificate(ctx);
+        return property === 'tls_client_auth_subject_dn' && peer !== undefined
+          && `CN=${peer.subject.CN}` === expected;
+      },
+    },
   },
+  discovery: mtlsBase ? {
+    mtls_endpoint_aliases: {
+      token_endpoint: `${mtlsBase}/token`,
+      userinfo_endpoint: `${mtlsBase}/me`,
+      introspection_endpoint: `${mtlsBase}/token/introspection`,
+    },
+  } : {},
   pkce: { required: () => true },
   ttl: { AccessToken: 120, AuthorizationCode: 60, IdToken: 3600, Interaction: 600, Session: 14400, Grant: 14400 },
   cookies: { keys: ['passerelle-test-cookie-key'] },
   interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
   async findAccount(ctx, accountId) {
-    const info = accounts[subjectNameId(accountId)];
+    const info = accounts()[subjectNameId(accountId)];
     if (!info) return undefined;
     return { accountId, async claims() { return { ...info, sub: accountId }; } };
   },
@@ -102,7 +151,7 @@ async function interaction(req, res) {
     const { prompt, params, session } = details;
     let result;
     if (prompt.name === 'login') {
-      const id = FEDERATED + (params.login_hint || Object.keys(accounts)[0]);
+      const id = FEDERATED + (params.login_hint || Object.keys(accounts())[0]);
       const acr = params.test_acr || 'eidas1';
       lastAcr.set(id, acr);
       result = { login: { accountId: id, acr, amr: ['pwd'] } };
@@ -125,7 +174,7 @@ async function interaction(req, res) {
 }
 
 const callback = provider.callback();
-const server = http.createServer((req, res) => {
+const handler = (req, res) => {
   if (req.url.startsWith('/.well-known/wallet-openid-configuration')) {
     req.url = req.url.replace('/wallet-openid-configuration', '/openid-configuration');
   }
@@ -134,6 +183,18 @@ const server = http.createServer((req, res) => {
     return;
   }
   callback(req, res);
-});
-server.listen(Number(port), '127.0.0.1', () => console.log('ready'));
-process.on('SIGTERM', () => server.close(() => process.exit(0)));
+};
+const servers = [];
+const listen = (server, p) => new Promise((done) => { server.listen(Number(p), '127.0.0.1', done); });
+if (tlsDir) {
+  const tls = (name) => readFileSync(join(tlsDir, name));
+  const base = { key: tls('server-key.pem'), cert: tls('server.pem'), ca: tls('ca.pem') };
+  servers.push([https.createServer(base, handler), port]);
+  // asks for a certificate, and lets the provider refuse a missing or untrusted one with
+  // an OAuth error rather than a failed handshake
+  servers.push([https.createServer({ ...base, requestCert: true, rejectUnauthorized: false }, handler), mtlsPort]);
+} else {
+  servers.push([http.createServer(handler), port]);
+}
+Promise.all(servers.map(([server, p]) => listen(server, p))).then(() => console.log('ready'));
+process.on('SIGTERM', () => Promise.all(servers.map(([server]) => new Promise((done) => server.close(done)))).then(() => process.exit(0)));
