@@ -265,6 +265,72 @@ on_engines!(units_gone_from_the_ror_are_closed_not_deleted, |gw| {
     );
 });
 
+/// A ROR offer with its champ d'activité, mode de prise en charge, type d'offre and
+/// activité opérationnelle, at unit 0's organisation and place.
+fn offer(id: &str, activity: &str, mode: &str, offer_type: &str, specialty: &str) -> Value {
+    let cc = |system: &str, code: &str| json!([{"coding": [{"system": format!("https://mos.esante.gouv.fr/NOS/{system}"), "code": code}]}]);
+    json!({"resourceType": "HealthcareService", "id": id,
+        "meta": {"lastUpdated": ror_standin::OLD, "tag": [{"system": ror_standin::REGION_SYSTEM, "code": "11"}]},
+        "identifier": [{"value": format!("11/{id}")}], "active": true, "name": id,
+        "providedBy": {"reference": "Organization/oi-0"},
+        "location": [{"reference": "Location/loc-0"}],
+        "type": cc("TRE_R227-ChampActivite/FHIR/TRE-R227-ChampActivite", activity),
+        "characteristic": cc("TRE_R213-ModePriseEnCharge/FHIR/TRE-R213-ModePriseEnCharge", mode),
+        "category": cc("TRE_R244-CategorieOrganisation/FHIR/TRE-R244-CategorieOrganisation", offer_type),
+        "specialty": cc("TRE_R211-ActiviteOperationnelle/FHIR/TRE-R211-ActiviteOperationnelle", specialty)})
+}
+
+on_engines!(palliative_and_ehpad_units_by_their_nos_codes, |gw| {
+    let mut ror = standin_data(4);
+    // USP: type d'offre TRE_R244 175, activité TRE_R211 170 "Soins palliatifs"
+    ror.put(offer("usp", "01", "28", "175", "170"));
+    // lits identifiés de soins palliatifs (TRE_R211 076) in a medicine unit: not an USP
+    ror.put(offer("lisp", "01", "28", "238", "076"));
+    // équipe mobile de soins palliatifs (TRE_R244 252): not an USP
+    ror.put(offer("emsp", "01", "52", "252", "170"));
+    // médico-social hébergement of a MAS (TRE_R244 40): not an EHPAD
+    ror.put(offer("mas", "04", "46", "40", "293"));
+    let s = setup(ror, |_| {}).await;
+    let r = s.sync(&gw, Mode::Full).await.expect("sync");
+    assert_eq!(r.unknown_code_count, 0, "{:?}", r.unknown_codes);
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        gw.search_ids("HealthcareService?module=USP").await,
+        ["ror-usp"]
+    );
+    assert_eq!(
+        gw.search_ids("HealthcareService?module=EHPAD").await,
+        ["ror-hs-2"]
+    );
+    assert_eq!(
+        sorted(gw.search_ids("HealthcareService?module=SMR").await),
+        ["ror-hs-0"]
+    );
+    let usp = gw.get("HealthcareService/ror-usp").await.expect(200).json();
+    assert_eq!(
+        usp["program"],
+        json!([{"coding": [{"system": "https://passerelle.dev/fhir/CodeSystem/directory-module",
+            "code": "USP", "display": "Unité de soins palliatifs"}]}])
+    );
+    for other in ["lisp", "emsp", "mas"] {
+        let hs = gw
+            .get(&format!("HealthcareService/ror-{other}"))
+            .await
+            .expect(200)
+            .json();
+        assert!(hs.get("program").is_none(), "{other}: {hs}");
+    }
+    // the type d'offre is searchable by the ROR's parameter name
+    assert_eq!(
+        gw.search_ids("HealthcareService?service-category=175")
+            .await,
+        ["ror-usp"]
+    );
+});
+
 on_engines!(failure_half_way_then_resume, |gw| {
     // 21 units: pages of 7 offers; the third page fails beyond the retries
     let s = setup(standin_data(21), |_| {}).await;

@@ -412,13 +412,13 @@ fn capacity(status: &str, n: i64) -> Value {
     })
 }
 
-/// What the kind of unit `i` is: (champ d'activité, mode de prise en charge).
-pub fn kind(i: usize) -> (&'static str, &'static str) {
+/// What the kind of unit `i` is: (champ d'activité, mode de prise en charge, type d'offre).
+pub fn kind(i: usize) -> (&'static str, &'static str, &'static str) {
     match i % 4 {
-        0 => ("02", "28"), // SMR, hospitalisation complète
-        1 => ("01", "31"), // HAD
-        2 => ("04", "46"), // EHPAD: médico-social, hébergement
-        _ => ("01", "28"), // MCO
+        0 => ("02", "28", "100"), // SMR polyvalent, hospitalisation complète
+        1 => ("01", "31", "128"), // HAD socle
+        2 => ("04", "46", "21"),  // EHPAD: médico-social, hébergement, personnes âgées dépendantes
+        _ => ("01", "28", "238"), // MCO, unité de médecine polyvalente
     }
 }
 
@@ -453,12 +453,13 @@ pub fn generated(n: usize) -> Vec<Value> {
             "status": "active", "name": format!("Lieu {i}"),
             "address": {"line": [format!("{i} rue de la Paix")], "city": if i % 3 == 0 { "Paris" } else { "Versailles" }, "postalCode": format!("7500{}", i % 3)},
             "position": {"latitude": 48.85 + i as f64 / 1000.0, "longitude": 2.35}}));
-        let (activity, mode) = kind(i);
+        let (activity, mode, offer_type) = kind(i);
         out.push(json!({"resourceType": "HealthcareService", "id": format!("hs-{i}"), "meta": meta(i),
             "extension": [{"url": "https://interop.esante.gouv.fr/ig/fhir/ror/StructureDefinition/ror-healthcareservice-sensitive-unit", "valueBoolean": false}],
             "identifier": [{"value": format!("{}/{i:07}", region(i))}],
             "active": true,
             "providedBy": {"reference": format!("Organization/oi-{i}")},
+            "category": [coding("TRE_R244-CategorieOrganisation/FHIR/TRE-R244-CategorieOrganisation", offer_type)],
             "type": [coding("TRE_R227-ChampActivite/FHIR/TRE-R227-ChampActivite", activity)],
             "characteristic": [coding("JDV_J19-ModePriseEnCharge-ROR/FHIR/JDV-J19-ModePriseEnCharge-ROR/", mode)],
             "location": [{"reference": format!("Location/loc-{i}")}],
