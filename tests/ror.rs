@@ -1,7 +1,9 @@
 //! The ROR directory sync against a real HTTP stand-in of the ROR (tests/common/ror_standin.rs)
-//! on loopback, on SQLite and PostgreSQL: full sync (paging and `$export`), delta, unchanged
-//! re-sync, closure, failure half-way then resume, token expiry, 429 back-off, malformed
-//! resources, unknown codes, and the prescribers' directory search.
+//! on loopback, on SQLite and PostgreSQL: full sync (paging and `$export`), delta (the ROR's
+//! `_filter`), unchanged re-sync, closure and reopening of units, organisations and places
+//! (nationally and by region), failure half-way then resume, token expiry, 429 back-off,
+//! malformed resources, unknown codes, the module rules (USP, EHPAD…) and the
+//! prescribers' directory search.
 
 mod common;
 
@@ -91,8 +93,11 @@ on_engines!(full_sync_then_unchanged_resync, |gw| {
         (0, 0, 0, 0)
     );
     assert!(r.full);
-    // pages of 7 followed through `link next`
-    assert_eq!(s.ror.with(|r| r.stats.pages), 2);
+    // pages of 7 followed through `link next`: 11 offers, then the 18 organisations on
+    // their own (all already met through the offers' includes; ej-1 was also included by
+    // both pages of offers)
+    assert_eq!(s.ror.with(|r| r.stats.pages), 2 + 3);
+    assert_eq!(r.repeated, 18 + 1, "{}", r.summary());
 
     let hs = gw
         .get("HealthcareService/ror-hs-0")
@@ -154,7 +159,13 @@ on_engines!(export_full_sync, |gw| {
     s.ror.with(|r| r.faults.export_polls = 2);
     let r = s.sync(&gw, Mode::Full).await.expect("export sync");
     assert_eq!(s.ror.with(|r| r.stats.export_kickoffs), 1);
-    assert_eq!(s.ror.with(|r| r.stats.pages), 0, "no paging when exporting");
+    // no paging of offers when exporting; the organisations' own listing (14, pages of 7)
+    let searched = s.ror.with(|r| r.stats.queries.clone());
+    assert!(
+        searched.iter().all(|q| q.starts_with("Organization?")),
+        "{searched:?}"
+    );
+    assert_eq!(s.ror.with(|r| r.stats.pages), 2);
     assert_eq!(r.created, 8 + 8 + 8 + 4 + 2, "{}", r.summary());
     let again = s.sync(&gw, Mode::Full).await.expect("again");
     assert_eq!((again.created, again.updated), (0, 0));
@@ -167,8 +178,9 @@ on_engines!(export_full_sync, |gw| {
     let r = sync::run(&gw.app.fhir, &client.unwrap(), &d.mapping, &opts)
         .await
         .expect("region");
-    // hs-4 is the one unit of region 06 among 8
-    assert_eq!(r.fetched, 8 + 8 + 4 + 2 + 1, "{}", r.summary());
+    // hs-4 is the one unit of region 06 among 8; oi-4, eg-2 and ej-1 are the region's
+    // organisations, listed again on their own
+    assert_eq!(r.fetched, 8 + 8 + 4 + 2 + 1 + 3, "{}", r.summary());
     assert_eq!((r.unchanged, r.closed), (23, 0), "{}", r.summary());
 });
 
@@ -178,6 +190,9 @@ on_engines!(delta_brings_changes_and_new_units, |gw| {
     s.ror.with(|r| {
         r.get_mut("HealthcareService", "hs-1")["name"] = json!("Offre 1 renommée");
         r.touch("HealthcareService", "hs-1");
+        // an EG renamed: the offers under it come with the ROR's `_filter`, unchanged
+        r.get_mut("Organization", "eg-1")["name"] = json!("EG 1 bis");
+        r.touch("Organization", "eg-1");
         // a place whose capacities changed (the capacity delta)
         r.get_mut("Location", "loc-5")["name"] = json!("Lieu 5 bis");
         r.touch("Location", "loc-5");
@@ -187,17 +202,66 @@ on_engines!(delta_brings_changes_and_new_units, |gw| {
         r.put(json!({"resourceType": "Location", "id": "loc-6", "meta": {"lastUpdated": "2099-01-01T00:00:00Z"}, "name": "Lieu 6"}));
         r.put(json!({"resourceType": "Organization", "id": "oi-6", "meta": {"lastUpdated": "2099-01-01T00:00:00Z"}, "name": "Unité 6"}));
     });
+    let searched_before = s.ror.with(|r| r.stats.queries.len());
     let r = s.sync(&gw, Mode::Delta).await.expect("delta");
     assert!(!r.full);
-    assert_eq!(r.updated, 2, "{}", r.summary());
+    // hs-1, loc-5, eg-1 changed; hs-6, loc-6, oi-6 new
+    assert_eq!(r.updated, 3, "{}", r.summary());
     assert_eq!(r.created, 3, "{}", r.summary());
-    let q = s.ror.with(|r| r.stats.queries.clone());
-    let last = q.iter().rev().find(|q| q.contains("_include")).unwrap();
+    // the offers: the ROR's documented delta, `_filter` on the offer's and its organisations'
+    // `_lastUpdated`, with the includes; then places and organisations on their own
+    let q: Vec<String> = s.ror.with(|r| r.stats.queries[searched_before..].to_vec());
+    assert_eq!(q.len(), 3, "{q:?}");
+    let offers = form_urlencoded::parse(q[0].trim_start_matches("HealthcareService?").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect::<Vec<_>>();
+    let filter = &offers
+        .iter()
+        .find(|(k, _)| k == "_filter")
+        .expect("_filter")
+        .1;
+    let since = filter
+        .strip_prefix("(_lastUpdated ge ")
+        .and_then(|f| f.split_once(" or organization._lastUpdated:above ge "))
+        .map(|(a, b)| (a.to_owned(), b.trim_end_matches(')').to_owned()));
+    assert!(since.as_ref().is_some_and(|(a, b)| a == b), "{filter}");
     assert!(
-        last.contains("_lastUpdated=ge")
-            && last.contains("_include%3Aiterate=Organization%3Apartof"),
-        "{last}"
+        !offers.iter().any(|(k, _)| k == "_lastUpdated"),
+        "{offers:?}"
     );
+    for include in [
+        ("_include", "HealthcareService:organization"),
+        ("_include:iterate", "Organization:partof"),
+        ("_include", "HealthcareService:location"),
+    ] {
+        assert!(
+            offers.contains(&(include.0.to_owned(), include.1.to_owned())),
+            "{include:?} in {offers:?}"
+        );
+    }
+    assert!(
+        q[1].starts_with("Location?") && q[1].contains("_lastUpdated=ge"),
+        "{q:?}"
+    );
+    assert!(
+        q[2].starts_with("Organization?") && q[2].contains("_lastUpdated=ge"),
+        "{q:?}"
+    );
+    // what the filter matched: hs-1 (changed), hs-2 and hs-3 (their EG changed), hs-6 (new)
+    let matched = s.ror.with(|r| r.stats.matched.clone());
+    let mut offers_matched: Vec<&str> = matched
+        .iter()
+        .rev()
+        .find(|(q, _)| q.starts_with("HealthcareService?"))
+        .map(|(_, ids)| ids.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    offers_matched.sort();
+    assert_eq!(offers_matched, ["hs-1", "hs-2", "hs-3", "hs-6"]);
+    assert_eq!(
+        gw.get("Organization/ror-eg-1").await.expect(200).json()["name"],
+        "EG 1 bis"
+    );
+    assert_eq!(version(&gw, "HealthcareService/ror-hs-2").await, "1");
     assert_eq!(version(&gw, "HealthcareService/ror-hs-1").await, "2");
     assert_eq!(version(&gw, "HealthcareService/ror-hs-0").await, "1");
     let hs6 = gw
@@ -209,8 +273,17 @@ on_engines!(delta_brings_changes_and_new_units, |gw| {
 });
 
 on_engines!(units_gone_from_the_ror_are_closed_not_deleted, |gw| {
-    let s = setup(standin_data(6), |_| {}).await;
+    let mut ror = standin_data(6);
+    // an EJ no offer reaches: still in the ROR, so never closed
+    ror.put(json!({"resourceType": "Organization", "id": "ej-9",
+        "meta": {"lastUpdated": ror_standin::OLD, "tag": [{"system": ror_standin::REGION_SYSTEM, "code": "11"}]},
+        "active": true, "name": "EJ sans offre"}));
+    let s = setup(ror, |_| {}).await;
     s.sync(&gw, Mode::Full).await.expect("full");
+    assert_eq!(
+        gw.get("Organization/ror-ej-9").await.expect(200).json()["active"],
+        true
+    );
     // a request open on the unit
     let task = gw
         .create(
@@ -218,15 +291,25 @@ on_engines!(units_gone_from_the_ror_are_closed_not_deleted, |gw| {
             "owner": {"reference": "HealthcareService/ror-hs-2"}}),
         )
         .await;
-    s.ror.with(|r| {
+    let gone = s.ror.with(|r| {
+        let gone: Vec<Value> = [
+            ("HealthcareService", "hs-2"),
+            ("Location", "loc-2"),
+            ("Organization", "oi-2"),
+        ]
+        .iter()
+        .map(|(t, id)| r.get_mut(t, id).clone())
+        .collect();
         r.remove("HealthcareService", "hs-2");
         r.remove("Location", "loc-2");
+        r.remove("Organization", "oi-2");
+        gone
     });
     // a delta cannot see a disappearance: nothing closed
     let d = s.sync(&gw, Mode::Delta).await.expect("delta");
     assert_eq!(d.closed, 0);
     let r = s.sync(&gw, Mode::Full).await.expect("full");
-    assert_eq!(r.closed, 2, "{}", r.summary());
+    assert_eq!(r.closed, 3, "{}", r.summary());
     let hs = gw
         .get("HealthcareService/ror-hs-2")
         .await
@@ -236,6 +319,26 @@ on_engines!(units_gone_from_the_ror_are_closed_not_deleted, |gw| {
     assert_eq!(hs["meta"]["versionId"], "2");
     let loc = gw.get("Location/ror-loc-2").await.expect(200).json();
     assert_eq!(loc["status"], "inactive");
+    // its internal organisation likewise, never deleted; its EG (still used by hs-3) and the
+    // EJ without offers stay open
+    let oi = gw.get("Organization/ror-oi-2").await.expect(200).json();
+    assert_eq!(
+        (&oi["active"], &oi["meta"]["versionId"]),
+        (&json!(false), &json!("2"))
+    );
+    for open in ["Organization/ror-eg-1", "Organization/ror-ej-9"] {
+        let o = gw.get(open).await.expect(200).json();
+        assert_eq!(
+            (&o["active"], &o["meta"]["versionId"]),
+            (&json!(true), &json!("1")),
+            "{open}"
+        );
+    }
+    assert!(
+        !gw.search_ids("Organization?active=true&_count=100")
+            .await
+            .contains(&"ror-oi-2".to_owned())
+    );
     // the request still points at it, and reads
     let t = gw
         .get(&format!("Task/{}", task["id"].as_str().unwrap()))
@@ -250,12 +353,136 @@ on_engines!(units_gone_from_the_ror_are_closed_not_deleted, |gw| {
     // closing again changes nothing
     let r = s.sync(&gw, Mode::Full).await.expect("full");
     assert_eq!((r.closed, r.updated), (0, 0));
+    // back in the ROR: open again, as the ROR has them
+    s.ror.with(|r| gone.into_iter().for_each(|g| r.put(g)));
+    let r = s.sync(&gw, Mode::Full).await.expect("full");
+    assert_eq!(
+        (r.closed, r.updated, r.created),
+        (0, 3, 0),
+        "{}",
+        r.summary()
+    );
+    let hs = gw
+        .get("HealthcareService/ror-hs-2")
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        (&hs["active"], &hs["meta"]["versionId"]),
+        (&json!(true), &json!("3"))
+    );
+    let oi = gw.get("Organization/ror-oi-2").await.expect(200).json();
+    assert_eq!(
+        (&oi["active"], &oi["meta"]["versionId"]),
+        (&json!(true), &json!("3"))
+    );
+    assert_eq!(
+        gw.get("Location/ror-loc-2").await.expect(200).json()["status"],
+        "active"
+    );
     // a unit closed in the ROR itself (active false) comes through as it is
     s.ror.with(|r| {
         r.get_mut("HealthcareService", "hs-3")["active"] = json!(false);
         r.touch("HealthcareService", "hs-3");
     });
     s.sync(&gw, Mode::Delta).await.expect("delta");
+    assert_eq!(
+        gw.get("HealthcareService/ror-hs-3")
+            .await
+            .expect(200)
+            .json()["active"],
+        false
+    );
+});
+
+on_engines!(a_regional_full_sync_closes_its_region_only, |gw| {
+    // units 4 and 9 are region 06's, the others 11's; places carry no region tag (as in the
+    // ROR): loc-shared is a place of hs-9 (06) and of hs-0 (11)
+    let mut ror = standin_data(10);
+    ror.put(json!({"resourceType": "Location", "id": "loc-shared",
+        "meta": {"lastUpdated": ror_standin::OLD}, "status": "active", "name": "Plateau partagé"}));
+    for hs in ["hs-9", "hs-0"] {
+        ror.get_mut("HealthcareService", hs)["location"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"reference": "Location/loc-shared"}));
+    }
+    let s = setup(ror, |_| {}).await;
+    let r = s.sync(&gw, Mode::Full).await.expect("national full");
+    assert_eq!(r.created, 10 + 11 + 10 + 5 + 3, "{}", r.summary());
+    // gone from the ROR: a unit of 06 and one of 11, each with its place and OI; the
+    // shared place too
+    s.ror.with(|r| {
+        for i in [9, 3] {
+            r.remove("HealthcareService", &format!("hs-{i}"));
+            r.remove("Location", &format!("loc-{i}"));
+            r.remove("Organization", &format!("oi-{i}"));
+        }
+        r.remove("Location", "loc-shared");
+    });
+    let mut c = s.ror.config();
+    c.region = Some("06".into());
+    let (d, client) = Directory::from_config(&c).unwrap();
+    let opts = d.options(Mode::Full, "test", false);
+    let r = sync::run(&gw.app.fhir, &client.unwrap(), &d.mapping, &opts)
+        .await
+        .expect("regional full");
+    // region 06's unit, its OI and its place are closed
+    assert_eq!(
+        (r.closed, r.updated, r.created),
+        (3, 0, 0),
+        "{}",
+        r.summary()
+    );
+    let hs9 = gw
+        .get("HealthcareService/ror-hs-9")
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(
+        (&hs9["active"], &hs9["meta"]["versionId"]),
+        (&json!(false), &json!("2"))
+    );
+    assert_eq!(
+        gw.get("Organization/ror-oi-9").await.expect(200).json()["active"],
+        false
+    );
+    assert_eq!(
+        gw.get("Location/ror-loc-9").await.expect(200).json()["status"],
+        "inactive"
+    );
+    // nothing of region 11 is touched, though gone too; nor the place a unit of 11 still
+    // points at; nor eg-2 (tagged 06, parent of oi-5 of region 11, still in the ROR)
+    for open in [
+        "HealthcareService/ror-hs-3",
+        "Organization/ror-oi-3",
+        "Location/ror-loc-3",
+        "Location/ror-loc-shared",
+        "Organization/ror-eg-2",
+        "HealthcareService/ror-hs-4",
+    ] {
+        assert_eq!(version(&gw, open).await, "1", "{open}");
+    }
+    // the regional listing asked for the region's offers and organisations only
+    let q = s.ror.with(|r| r.stats.queries.clone());
+    let tagged = format!(
+        "_tag={}",
+        form_urlencoded::byte_serialize(format!("{}|06", ror_standin::REGION_SYSTEM).as_bytes())
+            .collect::<String>()
+    );
+    let regional: Vec<&String> = q.iter().filter(|q| q.contains(&tagged)).collect();
+    assert!(
+        regional.iter().any(|q| q.starts_with("HealthcareService?"))
+            && regional.iter().any(|q| q.starts_with("Organization?")),
+        "{q:?}"
+    );
+    // a national full sync then closes the rest
+    let r = s.sync(&gw, Mode::Full).await.expect("national full");
+    assert_eq!(r.closed, 4, "{}", r.summary());
+    assert_eq!(
+        gw.get("Location/ror-loc-shared").await.expect(200).json()["status"],
+        "inactive"
+    );
     assert_eq!(
         gw.get("HealthcareService/ror-hs-3")
             .await

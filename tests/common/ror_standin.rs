@@ -1,8 +1,9 @@
 //! A stand-in of the ROR FHIR API on loopback, for the directory tests: an OAuth2 token
 //! endpoint (client credentials, tokens that can be made to expire), the four `Ror-*`
 //! headers checked on every FHIR call (401/403 otherwise), searches paged by `link next`
-//! with `_lastUpdated`, `_tag` and the `_include`s of the ROR, the bulk `$export` route
-//! (202, `Content-Location`, polling, ndjson files), and faults to inject.
+//! with `_lastUpdated`, `_tag`, the `_include`s of the ROR and the one `_filter` its
+//! documentation gives for deltas (any other is refused), the bulk `$export` route (202,
+//! `Content-Location`, polling, ndjson files), and faults to inject.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
@@ -45,8 +46,10 @@ pub struct Stats {
     pub failed: u64,
     pub pages: u64,
     pub export_kickoffs: u64,
-    /// The query strings of the searches received.
+    /// The query strings of the searches received, as `Type?query`.
     pub queries: Vec<String>,
+    /// Per search page answered: `Type?query` and the ids it matched (includes left out).
+    pub matched: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Default)]
@@ -97,13 +100,7 @@ impl Standin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ror = Arc::new(Mutex::new(ror));
-        let app = Router::new()
-            .route("/token", post(token))
-            .route("/fhir/{*path}", get(fhir))
-            .with_state(Shared {
-                ror: ror.clone(),
-                base: format!("http://{addr}/fhir"),
-            });
+        let app = router(&ror, format!("http://{addr}/fhir"));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -137,6 +134,16 @@ impl Standin {
             ..Default::default()
         }
     }
+}
+
+fn router(ror: &Arc<Mutex<Ror>>, base: String) -> Router {
+    Router::new()
+        .route("/token", post(token))
+        .route("/fhir/{*path}", get(fhir))
+        .with_state(Shared {
+            ror: ror.clone(),
+            base,
+        })
 }
 
 #[derive(Clone)]
@@ -276,7 +283,22 @@ async fn fhir(
             ([("content-type", "application/fhir+ndjson")], text).into_response()
         }
         t @ ("HealthcareService" | "Location" | "Organization") => {
-            ror.stats.queries.push(query.clone().unwrap_or_default());
+            ror.stats
+                .queries
+                .push(format!("{t}?{}", query.clone().unwrap_or_default()));
+            // the delta `_filter` of the ROR's documentation, on offers; no other is known
+            let changed_since = match param("_filter") {
+                None => None,
+                Some(f) => match (t, delta_filter(&f)) {
+                    ("HealthcareService", Some(since)) => Some(since),
+                    _ => {
+                        return outcome(
+                            StatusCode::BAD_REQUEST,
+                            &format!("unsupported _filter on {t}: {f}"),
+                        );
+                    }
+                },
+            };
             let count: usize = param("_count").and_then(|c| c.parse().ok()).unwrap_or(200);
             let offset: usize = param("_offset").and_then(|c| c.parse().ok()).unwrap_or(0);
             if t == "HealthcareService" {
@@ -303,6 +325,11 @@ async fn fhir(
                 .filter(|((rt, _), _)| rt == t)
                 .map(|(_, r)| r)
                 .filter(|r| since.is_none_or(|s| updated(r) >= s))
+                .filter(|r| {
+                    changed_since.is_none_or(|s| {
+                        updated(r) >= s || organisations_above(&ror, r).any(|o| updated(o) >= s)
+                    })
+                })
                 .filter(|r| tag.as_ref().is_none_or(|tg| has_tag(r, tg)))
                 .collect();
             let total = matches.len();
@@ -313,7 +340,9 @@ async fn fhir(
                 .collect();
             let mut entries = Vec::new();
             let mut included = HashSet::new();
+            let mut matched = Vec::new();
             for r in matches.iter().skip(offset).take(count) {
+                matched.push(r["id"].as_str().unwrap_or("").to_owned());
                 entries.push(json!({"resource": r, "search": {"mode": "match"}}));
                 if t != "HealthcareService" {
                     continue;
@@ -364,11 +393,47 @@ async fn fhir(
                     .finish();
                 links.push(json!({"relation": "next", "url": format!("{}/{t}?{q}", s.base)}));
             }
-            axum::Json(json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}))
-                .into_response()
+            let page = json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries});
+            ror.stats
+                .matched
+                .push((format!("{t}?{}", query.unwrap_or_default()), matched));
+            axum::Json(page).into_response()
         }
         _ => outcome(StatusCode::NOT_FOUND, "no such endpoint"),
     }
+}
+
+/// The one `_filter` the ROR documents for deltas (`consommation-api.md`):
+/// `(_lastUpdated ge X or organization._lastUpdated:above ge X)`; its instant, or `None` for
+/// anything else.
+fn delta_filter(f: &str) -> Option<time::OffsetDateTime> {
+    let inner = f.strip_prefix('(')?.strip_suffix(')')?;
+    let (own, above) = inner.split_once(" or ")?;
+    let x = own.strip_prefix("_lastUpdated ge ")?;
+    let y = above.strip_prefix("organization._lastUpdated:above ge ")?;
+    if x != y {
+        return None;
+    }
+    time::OffsetDateTime::parse(x, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The organisation providing an offer and those above it (`partOf`), as the stand-in has
+/// them.
+fn organisations_above<'r>(ror: &'r Ror, offer: &Value) -> impl Iterator<Item = &'r Value> {
+    let mut next = offer["providedBy"]["reference"].as_str().map(str::to_owned);
+    let mut hops = 0;
+    std::iter::from_fn(move || {
+        let r = next.take()?;
+        hops += 1;
+        let id = r.strip_prefix("Organization/")?;
+        let org = ror
+            .resources
+            .get(&("Organization".to_owned(), id.to_owned()))?;
+        if hops < 10 {
+            next = org["partOf"]["reference"].as_str().map(str::to_owned);
+        }
+        Some(org)
+    })
 }
 
 fn enc(s: &str) -> String {
