@@ -2,14 +2,14 @@
 //! on loopback, on SQLite and PostgreSQL: full sync (paging and `$export`), delta (the ROR's
 //! `_filter`), unchanged re-sync, closure and reopening of units, organisations and places
 //! (nationally and by region), failure half-way then resume, token expiry, 429 back-off,
-//! malformed resources, unknown codes, the module rules (USP, EHPAD…) and the
+//! malformed resources, unknown codes, mutual TLS, the module rules (USP, EHPAD…) and the
 //! prescribers' directory search.
 
 mod common;
 
 use std::sync::Arc;
 
-use common::ror_standin::{self, Ror, Standin};
+use common::ror_standin::{self, Ror, Standin, TestPki};
 use passerelle::directory::Directory;
 use passerelle::directory::client::RorClient;
 use passerelle::directory::sync::{self, Mode, Report, SyncError};
@@ -556,6 +556,77 @@ on_engines!(palliative_and_ehpad_units_by_their_nos_codes, |gw| {
             .await,
         ["ror-usp"]
     );
+});
+
+on_engines!(mutual_tls_with_a_client_certificate, |gw| {
+    let pki = tokio::task::spawn_blocking(TestPki::generate)
+        .await
+        .unwrap();
+    let standin = Standin::start_tls(standin_data(3), &pki).await;
+    let config = |cert: Option<(&std::path::Path, &std::path::Path)>, trust: bool| {
+        let mut c = standin.config();
+        c.client_secret = None;
+        c.tls_client_cert = cert.map(|(c, _)| c.to_owned());
+        c.tls_client_key = cert.map(|(_, k)| k.to_owned());
+        c.tls_ca_file = trust.then(|| pki.ca.clone());
+        c
+    };
+    let sync = |c: passerelle::config::RorConfig| {
+        let fhir = gw.app.fhir.clone();
+        async move {
+            let (d, client) = Directory::from_config(&c).expect("directory");
+            let opts = d.options(Mode::Full, "test", false);
+            sync::run(&fhir, &client.expect("client"), &d.mapping, &opts).await
+        }
+    };
+    let client = (pki.client_cert.as_path(), pki.client_key.as_path());
+    let rogue = (pki.rogue_cert.as_path(), pki.rogue_key.as_path());
+    // no client certificate; one from another CA; the right one, but the server's CA not
+    // trusted: each fails at the token endpoint, the error says what TLS refused
+    for (case, c, says) in [
+        ("no certificate", config(None, true), "CertificateRequired"),
+        (
+            "untrusted certificate",
+            config(Some(rogue), true),
+            "UnknownCA",
+        ),
+        (
+            "server not trusted",
+            config(Some(client), false),
+            "UnknownIssuer",
+        ),
+    ] {
+        let e = sync(c).await.expect_err(case).to_string();
+        assert!(
+            e.starts_with("ROR token endpoint") && e.contains(says),
+            "{case}: {e}"
+        );
+    }
+    let refused = standin.with(|r| r.stats.tls_refused.clone());
+    assert!(
+        refused.iter().any(|r| r.contains("no certificate")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|r| r.contains("UnknownIssuer")),
+        "{refused:?}"
+    );
+    assert_eq!(standin.with(|r| r.stats.tokens_issued), 0);
+    // nothing was written
+    for t in ["HealthcareService", "Organization", "Location"] {
+        assert!(gw.search_ids(t).await.is_empty(), "{t}");
+    }
+    // with the right certificate: a token by tls_client_auth (no secret), the whole sync
+    let r = sync(config(Some(client), true)).await.expect("mutual TLS");
+    assert_eq!(r.created, 3 + 3 + 3 + 2 + 1, "{}", r.summary());
+    assert_eq!(standin.with(|r| r.stats.tokens_issued), 1);
+    let hs = gw
+        .get("HealthcareService/ror-hs-0")
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(hs["meta"]["source"], standin.base.as_str());
+    assert!(standin.base.starts_with("https://127.0.0.1:"));
 });
 
 on_engines!(failure_half_way_then_resume, |gw| {

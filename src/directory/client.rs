@@ -217,9 +217,9 @@ impl RorClient {
             tokio::time::sleep(self.backoff(attempt, retry_after)).await;
             attempt += 1;
         };
-        let r = answer.map_err(|e| err(e.to_string()))?;
+        let r = answer.map_err(|e| err(causes(&e)))?;
         let status = r.status();
-        let text = r.text().await.map_err(|e| err(e.to_string()))?;
+        let text = r.text().await.map_err(|e| err(causes(&e)))?;
         if !status.is_success() {
             // the body of a refusal names the error, never the secret we sent
             return Err(err(format!("HTTP {}: {}", status.as_u16(), excerpt(&text))));
@@ -305,7 +305,7 @@ impl RorClient {
                         message: excerpt(&text),
                     });
                 }
-                Err(e) => (None, e.to_string()),
+                Err(e) => (None, causes(&e)),
             };
             if attempt >= s.max_retries {
                 return Err(ClientError::Network {
@@ -326,7 +326,7 @@ impl RorClient {
         let r = self.send(Method::GET, url, false).await?;
         let text = r.text().await.map_err(|e| ClientError::Network {
             url: url.to_owned(),
-            message: e.to_string(),
+            message: causes(&e),
         })?;
         serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
             url: url.to_owned(),
@@ -373,7 +373,7 @@ impl RorClient {
             }
             let text = r.text().await.map_err(|e| ClientError::Network {
                 url: status_url.to_owned(),
-                message: e.to_string(),
+                message: causes(&e),
             })?;
             return serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
                 url: status_url.to_owned(),
@@ -434,7 +434,7 @@ impl Lines {
                 Err(e) => {
                     return Err(ClientError::Network {
                         url: self.url.clone(),
-                        message: e.to_string(),
+                        message: causes(&e),
                     });
                 }
             }
@@ -452,7 +452,63 @@ fn retry_after(r: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(v.trim().parse().unwrap_or(1)))
 }
 
+/// An error with its causes (`error sending request … : … : invalid peer certificate:
+/// UnknownIssuer`): reqwest's own message does not say that TLS, or which certificate, failed.
+/// Never a secret: the causes name URLs, addresses and TLS alerts.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn excerpt(text: &str) -> String {
     let t: String = text.chars().take(300).collect();
     t.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn errors_say_their_causes_once() {
+        let e = Layer(
+            "error sending request for url (https://ror/token)",
+            Some(Box::new(Layer(
+                "client error (Connect)",
+                Some(Box::new(Layer(
+                    "invalid peer certificate: UnknownIssuer",
+                    Some(Box::new(Layer("UnknownIssuer", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            causes(&e),
+            "error sending request for url (https://ror/token): client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(causes(&Layer("alone", None)), "alone");
+    }
 }
