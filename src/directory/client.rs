@@ -1,7 +1,8 @@
 //! The ROR HTTP client: OAuth2 client credentials (secret or mutual TLS), the token renewed
 //! before it expires and once more on a 401, the four `Ror-*` headers on every FHIR call,
-//! retries with back-off on 429 (honouring `Retry-After`, capped), 5xx and network errors,
-//! a timeout per request. Tokens and secrets are never logged.
+//! retries with back-off on 429 (honouring `Retry-After`, capped), 5xx and network errors —
+//! not on a TLS refusal (a certificate problem, which retrying does not fix) —, a timeout
+//! per request. Tokens and secrets are never logged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -208,6 +209,7 @@ impl RorClient {
                 Ok(r) if r.status().is_success() => break sent,
                 Ok(r) if retryable(r.status()) => retry_after(r),
                 Ok(_) => break sent,
+                Err(e) if tls_refusal(e).is_some() => break sent,
                 Err(_) => None,
             };
             if attempt >= s.max_retries {
@@ -303,6 +305,12 @@ impl RorClient {
                         url: url.to_owned(),
                         status,
                         message: excerpt(&text),
+                    });
+                }
+                Err(e) if tls_refusal(&e).is_some() => {
+                    return Err(ClientError::Network {
+                        url: url.to_owned(),
+                        message: causes(&e),
                     });
                 }
                 Err(e) => (None, causes(&e)),
@@ -452,6 +460,26 @@ fn retry_after(r: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(v.trim().parse().unwrap_or(1)))
 }
 
+/// The TLS error (rustls) behind a failed request, if there is one: a handshake refused
+/// either way (an alert from the ROR, its certificate not trusted here). Found by type along
+/// the causes; an `io::Error`'s `source` skips what it wraps, so it is looked into.
+fn tls_refusal<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        cause = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
+}
+
 /// An error with its causes (`error sending request … : … : invalid peer certificate:
 /// UnknownIssuer`): reqwest's own message does not say that TLS, or which certificate, failed.
 /// Never a secret: the causes name URLs, addresses and TLS alerts.
@@ -510,5 +538,23 @@ mod tests {
             "error sending request for url (https://ror/token): client error (Connect): invalid peer certificate: UnknownIssuer"
         );
         assert_eq!(causes(&Layer("alone", None)), "alone");
+    }
+
+    #[test]
+    fn tls_refusals_are_found_by_type() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, alert.clone());
+        assert_eq!(tls_refusal(&io), Some(&alert));
+        let nested = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            alert.clone(),
+        ));
+        assert_eq!(tls_refusal(&nested), Some(&alert));
+        let behind = Layer("client error (Connect)", None);
+        assert_eq!(tls_refusal(&behind), None);
+        assert_eq!(tls_refusal(&alert), Some(&alert));
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(tls_refusal(&plain), None);
+        assert_eq!(tls_refusal(&Layer("not ready", None)), None);
     }
 }
