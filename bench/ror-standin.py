@@ -2,8 +2,9 @@
 """A stand-in of the ROR FHIR API serving N generated offers (HealthcareService) with their
 organisations (EJ, EG, OI) and places (Location, with capacity records), generated on the fly
 (nothing is held in memory): the client-credentials token endpoint, the four Ror-* headers
-checked, searches paged by `link next` with the ROR's _include's, and the bulk $export route
-(202, Content-Location, ndjson files streamed line by line).
+checked, searches paged by `link next` (the offers with the ROR's _include's, and the
+organisations on their own, as a full sync lists them), and the bulk $export route (202,
+Content-Location, ndjson files streamed line by line).
 
     python3 bench/ror-standin.py --port 8099 --units 100000
 
@@ -66,15 +67,17 @@ def loc(i):
             "position": {"latitude": 48.85 + (i % 1000) / 1000.0, "longitude": 2.35}}
 
 
-KINDS = [("02", "28"), ("01", "31"), ("04", "46"), ("01", "28")]
+# champ d'activité, mode de prise en charge, type d'offre: SMR, HAD, EHPAD, MCO
+KINDS = [("02", "28", "100"), ("01", "31", "128"), ("04", "46", "21"), ("01", "28", "238")]
 
 
 def hs(i):
-    activity, mode = KINDS[i % 4]
+    activity, mode, offer_type = KINDS[i % 4]
     return {"resourceType": "HealthcareService", "id": f"hs-{i}", "meta": meta(i),
             "extension": [{"url": f"{ROR}/ror-healthcareservice-sensitive-unit", "valueBoolean": False}],
             "identifier": [{"value": f"11/{i:07}"}], "active": True,
             "providedBy": {"reference": f"Organization/oi-{i}"},
+            "category": [coding("TRE_R244-CategorieOrganisation/FHIR/TRE-R244-CategorieOrganisation", offer_type)],
             "type": [coding("TRE_R227-ChampActivite/FHIR/TRE-R227-ChampActivite", activity)],
             "characteristic": [coding("JDV_J19-ModePriseEnCharge-ROR/FHIR/JDV-J19-ModePriseEnCharge-ROR", mode)],
             "location": [{"reference": f"Location/loc-{i}"}], "name": f"Offre {i}"}
@@ -83,6 +86,20 @@ def hs(i):
 def related(i):
     out = [oi(i), eg(i // 2), ej(i // 4), loc(i)]
     return out
+
+
+def organisation(units, n):
+    """The n-th organisation of the listing: the OIs, then the EGs, then the EJs."""
+    egs = (units + 1) // 2
+    if n < units:
+        return oi(n)
+    if n < units + egs:
+        return eg(n - units)
+    return ej(n - units - egs)
+
+
+def organisations(units):
+    return units + (units + 1) // 2 + (units + 3) // 4
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -153,6 +170,18 @@ class Handler(BaseHTTPRequestHandler):
                 links.append({"relation": "next", "url": f"{self.base}/HealthcareService?{urllib.parse.urlencode(nq)}"})
             return self.send_json(200, {"resourceType": "Bundle", "type": "searchset",
                                         "total": self.units, "link": links, "entry": entries})
+        if path == "Organization":
+            count = int(q.get("_count", "200"))
+            offset = int(q.get("_offset", "0"))
+            total = organisations(self.units)
+            entries = [{"resource": organisation(self.units, n), "search": {"mode": "match"}}
+                       for n in range(offset, min(offset + count, total))]
+            links = []
+            if offset + count < total:
+                nq = dict(q, _offset=str(offset + count))
+                links.append({"relation": "next", "url": f"{self.base}/Organization?{urllib.parse.urlencode(nq)}"})
+            return self.send_json(200, {"resourceType": "Bundle", "type": "searchset",
+                                        "total": total, "link": links, "entry": entries})
         self.send_json(404, {"resourceType": "OperationOutcome"})
 
     def stream(self, rtype):

@@ -1,7 +1,8 @@
 //! The ROR HTTP client: OAuth2 client credentials (secret or mutual TLS), the token renewed
 //! before it expires and once more on a 401, the four `Ror-*` headers on every FHIR call,
-//! retries with back-off on 429 (honouring `Retry-After`, capped), 5xx and network errors,
-//! a timeout per request. Tokens and secrets are never logged.
+//! retries with back-off on 429 (honouring `Retry-After`, capped), 5xx and network errors —
+//! not on a TLS refusal (a certificate problem, which retrying does not fix) —, a timeout
+//! per request. Tokens and secrets are never logged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -188,6 +189,7 @@ impl RorClient {
                 Ok(r) if r.status().is_success() => break sent,
                 Ok(r) if retryable(r.status()) => retry_after(r),
                 Ok(_) => break sent,
+                Err(e) if tls_refusal(e).is_some() => break sent,
                 Err(_) => None,
             };
             if attempt >= s.max_retries {
@@ -197,9 +199,9 @@ impl RorClient {
             tokio::time::sleep(self.backoff(attempt, retry_after)).await;
             attempt += 1;
         };
-        let r = answer.map_err(|e| err(e.to_string()))?;
+        let r = answer.map_err(|e| err(causes(&e)))?;
         let status = r.status();
-        let text = r.text().await.map_err(|e| err(e.to_string()))?;
+        let text = r.text().await.map_err(|e| err(causes(&e)))?;
         if !status.is_success() {
             // the body of a refusal names the error, never the secret we sent
             return Err(err(format!("HTTP {}: {}", status.as_u16(), excerpt(&text))));
@@ -285,7 +287,13 @@ impl RorClient {
                         message: excerpt(&text),
                     });
                 }
-                Err(e) => (None, e.to_string()),
+                Err(e) if tls_refusal(&e).is_some() => {
+                    return Err(ClientError::Network {
+                        url: url.to_owned(),
+                        message: causes(&e),
+                    });
+                }
+                Err(e) => (None, causes(&e)),
             };
             if attempt >= s.max_retries {
                 return Err(ClientError::Network {
@@ -306,7 +314,7 @@ impl RorClient {
         let r = self.send(Method::GET, url, false).await?;
         let text = r.text().await.map_err(|e| ClientError::Network {
             url: url.to_owned(),
-            message: e.to_string(),
+            message: causes(&e),
         })?;
         serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
             url: url.to_owned(),
@@ -353,7 +361,7 @@ impl RorClient {
             }
             let text = r.text().await.map_err(|e| ClientError::Network {
                 url: status_url.to_owned(),
-                message: e.to_string(),
+                message: causes(&e),
             })?;
             return serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
                 url: status_url.to_owned(),
@@ -414,7 +422,7 @@ impl Lines {
                 Err(e) => {
                     return Err(ClientError::Network {
                         url: self.url.clone(),
-                        message: e.to_string(),
+                        message: causes(&e),
                     });
                 }
             }
@@ -432,7 +440,101 @@ fn retry_after(r: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(v.trim().parse().unwrap_or(1)))
 }
 
+/// The TLS error (rustls) behind a failed request, if there is one: a handshake refused
+/// either way (an alert from the ROR, its certificate not trusted here). Found by type along
+/// the causes; an `io::Error`'s `source` skips what it wraps, so it is looked into.
+fn tls_refusal<'e>(e: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            return Some(t);
+        }
+        cause = match c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
+}
+
+/// An error with its causes (`error sending request … : … : invalid peer certificate:
+/// UnknownIssuer`): reqwest's own message does not say that TLS, or which certificate, failed.
+/// Never a secret: the causes name URLs, addresses and TLS alerts.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
 fn excerpt(text: &str) -> String {
     let t: String = text.chars().take(300).collect();
     t.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn errors_say_their_causes_once() {
+        let e = Layer(
+            "error sending request for url (https://ror/token)",
+            Some(Box::new(Layer(
+                "client error (Connect)",
+                Some(Box::new(Layer(
+                    "invalid peer certificate: UnknownIssuer",
+                    Some(Box::new(Layer("UnknownIssuer", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            causes(&e),
+            "error sending request for url (https://ror/token): client error (Connect): invalid peer certificate: UnknownIssuer"
+        );
+        assert_eq!(causes(&Layer("alone", None)), "alone");
+    }
+
+    #[test]
+    fn tls_refusals_are_found_by_type() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, alert.clone());
+        assert_eq!(tls_refusal(&io), Some(&alert));
+        let nested = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            alert.clone(),
+        ));
+        assert_eq!(tls_refusal(&nested), Some(&alert));
+        let behind = Layer("client error (Connect)", None);
+        assert_eq!(tls_refusal(&behind), None);
+        assert_eq!(tls_refusal(&alert), Some(&alert));
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(tls_refusal(&plain), None);
+        assert_eq!(tls_refusal(&Layer("not ready", None)), None);
+    }
 }

@@ -277,6 +277,21 @@ impl Mapping {
                         "no such axis in `axes`".into(),
                     )
                 })?;
+                if codes.is_empty() {
+                    return Err(field(
+                        format!("modules[{i}].when.{axis}"),
+                        "needs at least one code".into(),
+                    ));
+                }
+                if let Some(bad) = codes
+                    .iter()
+                    .find(|c| c.is_empty() || c.contains(char::is_whitespace))
+                {
+                    return Err(field(
+                        format!("modules[{i}].when.{axis}"),
+                        format!("`{bad}` is not a code"),
+                    ));
+                }
                 let known = &axes[idx].codes;
                 if let Some(bad) = codes
                     .iter()
@@ -396,30 +411,10 @@ impl Mapping {
         }
         let mut unknown_codes = Vec::new();
         if rtype == "HealthcareService" {
-            let mut found: Vec<Vec<String>> = vec![Vec::new(); self.axes.len()];
-            for (i, axis) in self.axes.iter().enumerate() {
-                for coding in codings(obj.get(&axis.element)) {
-                    let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
-                    let Some(code) = coding.get("code").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    if !axis.systems.iter().any(|m| system.contains(m.as_str())) {
-                        continue;
-                    }
-                    if !axis.codes.is_empty() && !axis.codes.contains_key(code) {
-                        unknown_codes.push(format!("{} {code}", axis.name));
-                    }
-                    found[i].push(code.to_owned());
-                }
-            }
-            let programs: Vec<Value> = self
-                .modules
+            let (modules, unknown) = self.classify(obj);
+            unknown_codes = unknown;
+            let programs: Vec<Value> = modules
                 .iter()
-                .filter(|m| {
-                    m.when
-                        .iter()
-                        .all(|(axis, codes)| found[*axis].iter().any(|c| codes.contains(c)))
-                })
                 .map(|m| {
                     json!({"coding": [{"system": self.module_system, "code": m.code, "display": m.display}]})
                 })
@@ -435,6 +430,39 @@ impl Mapping {
             body: Value::Object(out),
             unknown_codes,
         })
+    }
+
+    /// The modules a ROR HealthcareService is a target of (every condition of a rule holds:
+    /// one of its codes is among the unit's codes of that axis), and its codes outside the
+    /// axes' known lists (`axis code`).
+    pub fn classify(&self, hs: &Map<String, Value>) -> (Vec<&Module>, Vec<String>) {
+        let mut unknown = Vec::new();
+        let mut found: Vec<Vec<&str>> = vec![Vec::new(); self.axes.len()];
+        for (i, axis) in self.axes.iter().enumerate() {
+            for coding in codings(hs.get(&axis.element)) {
+                let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
+                let Some(code) = coding.get("code").and_then(Value::as_str) else {
+                    continue;
+                };
+                if !axis.systems.iter().any(|m| system.contains(m.as_str())) {
+                    continue;
+                }
+                if !axis.codes.is_empty() && !axis.codes.contains_key(code) {
+                    unknown.push(format!("{} {code}", axis.name));
+                }
+                found[i].push(code);
+            }
+        }
+        let modules = self
+            .modules
+            .iter()
+            .filter(|m| {
+                m.when
+                    .iter()
+                    .all(|(axis, codes)| found[*axis].iter().any(|c| codes.iter().any(|k| k == c)))
+            })
+            .collect();
+        (modules, unknown)
     }
 
     /// Beds available now: the sum of `nbCapacity` over the capacity records with the
@@ -556,6 +584,14 @@ mod tests {
             ),
             (|v| v["id_prefix"] = json!("a b"), "id_prefix"),
             (
+                |v| v["modules"][3]["when"] = json!({"offer_type": []}),
+                "modules[3].when.offer_type",
+            ),
+            (
+                |v| v["modules"][3]["when"] = json!({"offer_type": ["A CONFIRMER"]}),
+                "modules[3].when.offer_type",
+            ),
+            (
                 |v| {
                     v["types"].as_object_mut().unwrap().remove("Location");
                 },
@@ -576,6 +612,60 @@ mod tests {
         }
         let e = Mapping::parse("m.json", "{").unwrap_err().to_string();
         assert!(e.contains("m.json"), "{e}");
+    }
+
+    /// A ROR offer with its champ d'activité, mode de prise en charge, type d'offre and
+    /// activité opérationnelle, coded as the ROR writes them (TRE URLs, JDV URLs with a slash).
+    fn offer(activity: &str, mode: &str, offer_type: &str, specialty: &str) -> Map<String, Value> {
+        let nos = "https://mos.esante.gouv.fr/NOS";
+        let cc = |system: &str, code: &str| json!([{"coding": [{"system": format!("{nos}/{system}"), "code": code}]}]);
+        let v = json!({
+            "resourceType": "HealthcareService", "id": "1",
+            "type": cc("TRE_R227-ChampActivite/FHIR/TRE-R227-ChampActivite", activity),
+            "characteristic": cc("JDV_J19-ModePriseEnCharge-ROR/FHIR/JDV-J19-ModePriseEnCharge-ROR/", mode),
+            "category": cc("TRE_R244-CategorieOrganisation/FHIR/TRE-R244-CategorieOrganisation", offer_type),
+            "specialty": cc("TRE_R211-ActiviteOperationnelle/FHIR/TRE-R211-ActiviteOperationnelle", specialty),
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn module_rules_follow_the_nos() {
+        let m = Mapping::builtin().unwrap();
+        let modules = |o: Map<String, Value>| -> Vec<String> {
+            let (found, unknown) = m.classify(&o);
+            assert!(unknown.is_empty(), "{unknown:?}");
+            found.iter().map(|x| x.code.clone()).collect()
+        };
+        // USP: type d'offre TRE_R244 175 "Unités de soins palliatifs" (MCO or SMR),
+        // activité TRE_R211 170 "Soins palliatifs", hospitalisation complète
+        assert_eq!(modules(offer("01", "28", "175", "170")), ["USP"]);
+        assert_eq!(modules(offer("02", "28", "175", "170")), ["SMR", "USP"]);
+        // LISP: TRE_R211 076 "Soins palliatifs avec lits identifiés" in a medicine unit
+        // (TRE_R244 238 "Unité de médecine polyvalente"): not an USP
+        assert!(modules(offer("01", "28", "238", "076")).is_empty());
+        // the palliative activity alone is not an USP: EMSP (TRE_R244 252), mobile team
+        assert!(modules(offer("01", "52", "252", "170")).is_empty());
+        // EHPAD: médico-social, hébergement, personnes âgées dépendantes (21, UHR 23, UVP 24, PUV 26)
+        for t in ["21", "23", "24", "26"] {
+            assert_eq!(modules(offer("04", "46", t, "293")), ["EHPAD"], "{t}");
+        }
+        // médico-social hébergement for others: MAS (40), FAM (39), résidence autonomie (22)
+        for t in ["40", "39", "22"] {
+            assert!(modules(offer("04", "46", t, "293")).is_empty(), "{t}");
+        }
+        // an EHPAD's accueil de jour (47) is not a place to be admitted to
+        assert!(modules(offer("04", "47", "21", "293")).is_empty());
+        // SMR: champ 02; HAD: mode 31
+        assert_eq!(modules(offer("02", "28", "100", "172")), ["SMR"]);
+        assert_eq!(modules(offer("01", "31", "128", "083")), ["HAD"]);
+        // a code outside the known list of an axis is reported, and still matches nothing
+        let (found, unknown) = m.classify(&offer("01", "99", "175", "170"));
+        assert_eq!(unknown, ["care_mode 99"]);
+        assert_eq!(found.len(), 1);
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //!
 //! A run that fails leaves what it wrote (each upsert is whole and idempotent) and does not
 //! move the high-water mark: the next run fetches the same changes again and completes. A
-//! full run closes (never deletes) the directory resources it did not see, and only once
-//! its whole listing went through.
+//! full run closes (never deletes) the directory resources it did not see — units,
+//! organisations, places — and only once its whole listing went through; with a region,
+//! only what belongs to that region.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +26,15 @@ use crate::time::{Micros, format_instant};
 /// Key of the ROR in the `sync_state` table.
 pub const STATE_NAME: &str = "ror";
 /// The types a complete full sync closes when the ROR no longer lists them.
-const CLOSED_TYPES: [&str; 2] = ["HealthcareService", "Location"];
+const CLOSED_TYPES: [&str; 3] = ["HealthcareService", "Organization", "Location"];
+/// The includes the ROR documents with its offers (`consommation-api.md`): the organisations
+/// up the `partOf` chain and the places. Its PractitionerRole ones are left out: the
+/// directory keeps no professionals.
+const INCLUDES: [(&str, &str); 3] = [
+    ("_include", "HealthcareService:organization"),
+    ("_include:iterate", "Organization:partof"),
+    ("_include", "HealthcareService:location"),
+];
 /// Resources written per store job.
 pub const BATCH: usize = 200;
 /// Deltas overlap the previous run by this much (clock differences; upserts are idempotent).
@@ -212,7 +221,8 @@ async fn run_leased(
     Ok(run.report)
 }
 
-/// Fetches the listing (full: `$export` or paging; delta: `_lastUpdated`) into `run`.
+/// Fetches the listing (full: `$export` or paging; delta: the ROR's `_filter` on
+/// `_lastUpdated`) into `run`.
 async fn fetch(
     client: &RorClient,
     mapping: &Mapping,
@@ -226,13 +236,8 @@ async fn fetch(
         .region
         .as_ref()
         .map(|r| format!("{}|{r}", mapping.region_tag_system));
-    let includes = [
-        ("_include", "HealthcareService:organization"),
-        ("_include:iterate", "Organization:partof"),
-        ("_include", "HealthcareService:location"),
-    ];
-    let count = opts.page_size.to_string();
-    if full && opts.use_export {
+    let exported = full && opts.use_export;
+    if exported {
         let mut q = vec![
             ("_type", "HealthcareService".to_owned()),
             ("includeAssociatedData", "_myCompleteExtract".to_owned()),
@@ -269,45 +274,88 @@ async fn fetch(
                 }
             }
         }
-    } else {
-        let since = high_water.map(|h| format_instant(h - OVERLAP_MICROS));
-        // Full: every offer with its organisations and places. Delta: what changed since
-        // the last completed run, offers with their includes, then places (capacities) and
-        // organisations changed on their own.
-        let mut searches: Vec<(&str, bool)> = vec![("HealthcareService", true)];
-        if !full {
-            searches.push(("Location", false));
-            searches.push(("Organization", false));
-        }
-        for (rtype, with_includes) in searches {
-            let mut q: Vec<(&str, String)> = vec![("_count", count.clone())];
-            if !full && let Some(s) = &since {
-                q.push(("_lastUpdated", format!("ge{s}")));
-            }
-            if let Some(t) = &tag {
-                q.push(("_tag", t.clone()));
-            }
-            if with_includes {
-                q.extend(includes.iter().map(|(k, v)| (*k, (*v).to_owned())));
-            }
-            let mut url = Some(format!("{base}/{rtype}?{}", query_string(&q)));
-            while let Some(u) = url.take() {
-                let page = client.get_json(&u).await?;
-                for entry in page
-                    .get("entry")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(r) = entry.get("resource") {
-                        run.ingest(r.clone()).await?;
-                    }
+    }
+    let since = match (full, high_water) {
+        (false, Some(h)) => Some(format_instant(h - OVERLAP_MICROS)),
+        _ => None,
+    };
+    for (rtype, q) in searches(
+        full,
+        exported,
+        since.as_deref(),
+        tag.as_deref(),
+        opts.page_size,
+    ) {
+        let mut url = Some(format!("{base}/{rtype}?{}", query_string(&q)));
+        while let Some(u) = url.take() {
+            let page = client.get_json(&u).await?;
+            for entry in page
+                .get("entry")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(r) = entry.get("resource") {
+                    run.ingest(r.clone()).await?;
                 }
-                url = next_link(&page).map(|n| client.absolute(&n));
             }
+            url = next_link(&page).map(|n| client.absolute(&n));
         }
     }
     Ok(())
+}
+
+/// The searches of a run, in order, as `(type, query)`:
+/// - full: the offers with what they reach (unless `$export` brought them), then every
+///   organisation on its own — an organisation no offer reaches any more is still in the
+///   ROR, and the listing must hold everything the ROR has for the run to close what is gone;
+/// - delta (`since`): the offers changed, or whose organisation or one above it changed
+///   (the `_filter` of the ROR's `consommation-api.md`), with their includes; then the
+///   places changed on their own (capacities: the ROR's capacity delta) and the
+///   organisations changed on their own (those no offer reaches).
+///
+/// With a region (`tag`), each search is restricted to it (`_tag`).
+fn searches(
+    full: bool,
+    exported: bool,
+    since: Option<&str>,
+    tag: Option<&str>,
+    page_size: usize,
+) -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+    let base = |rtype: &'static str| -> (&'static str, Vec<(&'static str, String)>) {
+        let mut q = vec![("_count", page_size.to_string())];
+        if let Some(t) = tag {
+            q.push(("_tag", t.to_owned()));
+        }
+        (rtype, q)
+    };
+    let with_includes = |(rtype, mut q): (&'static str, Vec<(&'static str, String)>)| {
+        q.extend(INCLUDES.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        (rtype, q)
+    };
+    let mut out = Vec::new();
+    match since {
+        Some(s) if !full => {
+            let (rtype, mut q) = base("HealthcareService");
+            q.push((
+                "_filter",
+                format!("(_lastUpdated ge {s} or organization._lastUpdated:above ge {s})"),
+            ));
+            out.push(with_includes((rtype, q)));
+            for rtype in ["Location", "Organization"] {
+                let (rtype, mut q) = base(rtype);
+                q.push(("_lastUpdated", format!("ge{s}")));
+                out.push((rtype, q));
+            }
+        }
+        _ => {
+            if !exported {
+                out.push(with_includes(base("HealthcareService")));
+            }
+            out.push(base("Organization"));
+        }
+    }
+    out
 }
 
 struct Run<'m> {
@@ -467,74 +515,192 @@ impl Run<'_> {
         }
     }
 
-    /// Marks inactive the units and places from this ROR that the full listing did not
-    /// contain (HealthcareService `active=false`, Location `status=inactive`). Never
-    /// deletes. With a region, only what carries its tag.
+    /// Marks inactive the units, organisations and places from this ROR that the full
+    /// listing did not contain (HealthcareService and Organization `active=false`, Location
+    /// `status=inactive`). Never deletes. With a region, only what belongs to it: units and
+    /// organisations carrying its tag, places as [`place_in_region`] says.
     async fn close_unseen(&mut self, region: Option<&str>) -> Result<(), SyncError> {
         if self.report.fetched == 0 {
             tracing::warn!("ror: the full listing was empty: nothing is closed");
             return Ok(());
         }
-        // Units and places only: the listing reaches organisations through the units, so an
-        // organisation absent from it may still exist; its own `active` comes from the ROR.
+        let tag = region.map(|r| format!("{}|{r}", self.mapping.region_tag_system));
         for rtype in CLOSED_TYPES {
-            let mut params = vec![("_source".to_owned(), self.source.clone())];
-            if let Some(r) = region {
-                params.push((
-                    "_tag".to_owned(),
-                    format!("{}|{r}", self.mapping.region_tag_system),
-                ));
-            }
-            let search = self
-                .fhir
-                .parse_search(rtype, &params, true)
-                .map_err(|e| SyncError::Write(e.to_string()))?;
-            let mut to_close: Vec<(String, String, Value)> = Vec::new();
-            let mut offset = 0;
-            loop {
-                let mut q = search.query.clone();
-                q.limit = 1000;
-                q.offset = offset;
-                let page = self
-                    .fhir
-                    .store
-                    .read(move |c| Box::pin(async move { c.search(&q).await }))
+            let to_close = match (rtype, region) {
+                ("Location", Some(code)) => self.region_places_to_close(code).await?,
+                _ => {
+                    let mut params = vec![("_source".to_owned(), self.source.clone())];
+                    if let Some(t) = &tag {
+                        params.push(("_tag".to_owned(), t.clone()));
+                    }
+                    let mut out = Vec::new();
+                    let seen = &self.seen;
+                    self.each_stored(rtype, params, |id, mut body| {
+                        if !seen.contains(&format!("{rtype}/{id}")) && close(&mut body) {
+                            out.push((rtype.to_owned(), id.to_owned(), body));
+                        }
+                    })
                     .await?;
-                let n = page.len();
-                for s in page {
-                    if self.seen.contains(&format!("{rtype}/{}", s.id)) {
-                        continue;
-                    }
-                    let Some(mut body) = s
-                        .body
-                        .as_deref()
-                        .and_then(|b| serde_json::from_str::<Value>(b).ok())
-                    else {
-                        continue;
-                    };
-                    if close(&mut body) {
-                        to_close.push((rtype.to_owned(), s.id.clone(), body));
-                    }
+                    out
                 }
-                if n < 1000 {
-                    break;
-                }
-                offset += n;
-            }
+            };
+            let mut closed = 0u64;
             for chunk in to_close.chunks(BATCH) {
                 let outcomes = upsert(&self.fhir, chunk.to_vec()).await?;
-                let closed = outcomes.iter().filter(|o| **o == Outcome::Updated).count() as u64;
-                self.report.closed += closed;
+                closed += outcomes.iter().filter(|o| **o == Outcome::Updated).count() as u64;
             }
-        }
-        if self.report.closed > 0 {
-            tracing::info!(
-                closed = self.report.closed,
-                "ror: closed what the ROR no longer lists"
-            );
+            if closed > 0 {
+                tracing::info!(
+                    rtype,
+                    closed,
+                    region = ?region,
+                    "ror: closed what the ROR no longer lists"
+                );
+            }
+            self.report.closed += closed;
         }
         Ok(())
     }
+
+    /// The places of region `code` the listing did not contain, closed. The ROR tags units
+    /// and organisations with their region, not places: a place is looked for among those
+    /// the region's units point at (and those tagged with the region), then kept to be
+    /// closed only when [`place_in_region`] says it is the region's alone.
+    async fn region_places_to_close(
+        &self,
+        code: &str,
+    ) -> Result<Vec<(String, String, Value)>, SyncError> {
+        let system = &self.mapping.region_tag_system;
+        let scope = vec![
+            ("_source".to_owned(), self.source.clone()),
+            ("_tag".to_owned(), format!("{system}|{code}")),
+        ];
+        let mut candidates = BTreeSet::new();
+        self.each_stored("HealthcareService", scope.clone(), |_, unit| {
+            for place in references(&unit, "location", "Location") {
+                candidates.insert(place);
+            }
+        })
+        .await?;
+        self.each_stored("Location", scope, |id, _| {
+            candidates.insert(id.to_owned());
+        })
+        .await?;
+        let mut out = Vec::new();
+        for id in candidates {
+            if self.seen.contains(&format!("Location/{id}")) {
+                continue;
+            }
+            let Some(stored) = self.fhir.store.current("Location", &id).await? else {
+                continue;
+            };
+            let Some(mut body) = stored
+                .body
+                .as_deref()
+                .filter(|_| !stored.deleted)
+                .and_then(|b| serde_json::from_str::<Value>(b).ok())
+            else {
+                continue;
+            };
+            if body["meta"]["source"].as_str() != Some(self.source.as_str()) {
+                continue;
+            }
+            let own = regions(&body, system);
+            let mut units = Vec::new();
+            if own.is_empty() {
+                let by = vec![("location".to_owned(), format!("Location/{id}"))];
+                self.each_stored("HealthcareService", by, |_, unit| {
+                    units.push(regions(&unit, system));
+                })
+                .await?;
+            }
+            if !place_in_region(&own, &units, code) {
+                tracing::debug!(place = %id, "ror: a place gone from the region's listing is not the region's alone: left open");
+                continue;
+            }
+            if close(&mut body) {
+                out.push(("Location".to_owned(), id, body));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on each current resource of `rtype` the search `params` finds in the store.
+    async fn each_stored(
+        &self,
+        rtype: &str,
+        params: Vec<(String, String)>,
+        mut f: impl FnMut(&str, Value),
+    ) -> Result<(), SyncError> {
+        const PAGE: usize = 1000;
+        let search = self
+            .fhir
+            .parse_search(rtype, &params, true)
+            .map_err(|e| SyncError::Write(e.to_string()))?;
+        let mut offset = 0;
+        loop {
+            let mut q = search.query.clone();
+            q.limit = PAGE;
+            q.offset = offset;
+            let page = self
+                .fhir
+                .store
+                .read(move |c| Box::pin(async move { c.search(&q).await }))
+                .await?;
+            let n = page.len();
+            for s in page {
+                if let Some(body) = s
+                    .body
+                    .as_deref()
+                    .and_then(|b| serde_json::from_str::<Value>(b).ok())
+                {
+                    f(&s.id, body);
+                }
+            }
+            if n < PAGE {
+                return Ok(());
+            }
+            offset += n;
+        }
+    }
+}
+
+/// The region codes (`system`) in a resource's `meta.tag`.
+fn regions(body: &Value, system: &str) -> BTreeSet<String> {
+    body["meta"]["tag"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["system"].as_str() == Some(system))
+        .filter_map(|t| t["code"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Whether a place is region `code`'s alone: by its own region tag when it has one;
+/// otherwise by the regions of the units pointing at it — at least one, every one tagged
+/// with `code` and only it. A place a unit of another region (or of no known region)
+/// points at is not, so a regional sync never closes it.
+fn place_in_region(own: &BTreeSet<String>, units: &[BTreeSet<String>], code: &str) -> bool {
+    let only = |r: &BTreeSet<String>| r.len() == 1 && r.contains(code);
+    if own.is_empty() {
+        !units.is_empty() && units.iter().all(only)
+    } else {
+        only(own)
+    }
+}
+
+/// The ids of the `rtype` resources an element of a resource points at (`Location/ror-1`).
+fn references(body: &Value, element: &str, rtype: &str) -> Vec<String> {
+    let prefix = format!("{rtype}/");
+    let refs: Vec<&Value> = match &body[element] {
+        Value::Array(a) => a.iter().collect(),
+        v @ Value::Object(_) => vec![v],
+        _ => Vec::new(),
+    };
+    refs.into_iter()
+        .filter_map(|r| r["reference"].as_str()?.strip_prefix(prefix.as_str()))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Sets a directory resource inactive; false if it already is.
@@ -630,6 +796,81 @@ mod tests {
         let mut loc = json!({"resourceType": "Location"});
         assert!(close(&mut loc));
         assert_eq!(loc["status"], "inactive");
+    }
+
+    #[test]
+    fn full_listings_hold_every_organisation_and_deltas_use_the_ror_filter() {
+        let q = |q: &Vec<(&str, String)>| query_string(q);
+        let full = searches(true, false, None, None, 200);
+        assert_eq!(
+            full.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            ["HealthcareService", "Organization"]
+        );
+        assert_eq!(
+            q(&full[0].1),
+            "_count=200&_include=HealthcareService%3Aorganization&_include%3Aiterate=Organization%3Apartof&_include=HealthcareService%3Alocation"
+        );
+        assert_eq!(q(&full[1].1), "_count=200");
+        // after $export, only the organisations' own listing
+        let exported = searches(true, true, None, Some("sys|06"), 50);
+        assert_eq!(exported.len(), 1);
+        assert_eq!(exported[0].0, "Organization");
+        assert_eq!(q(&exported[0].1), "_count=50&_tag=sys%7C06");
+        let s = "2026-11-23T03:00:00.000Z";
+        let delta = searches(false, false, Some(s), Some("sys|11"), 200);
+        assert_eq!(
+            delta.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            ["HealthcareService", "Location", "Organization"]
+        );
+        let hs = &delta[0].1;
+        assert!(hs.contains(&(
+            "_filter",
+            format!("(_lastUpdated ge {s} or organization._lastUpdated:above ge {s})")
+        )));
+        assert!(hs.contains(&("_tag", "sys|11".to_owned())));
+        assert!(!hs.iter().any(|(k, _)| *k == "_lastUpdated"));
+        assert_eq!(
+            hs.iter().filter(|(k, _)| k.starts_with("_include")).count(),
+            3
+        );
+        for (_, other) in &delta[1..] {
+            assert!(other.contains(&("_lastUpdated", format!("ge{s}"))));
+            assert!(
+                !other
+                    .iter()
+                    .any(|(k, _)| k.starts_with("_include") || *k == "_filter")
+            );
+        }
+    }
+
+    #[test]
+    fn a_place_is_a_regions_only_when_nothing_else_claims_it() {
+        let set = |codes: &[&str]| codes.iter().map(|c| c.to_string()).collect::<BTreeSet<_>>();
+        // its own tag decides
+        assert!(place_in_region(&set(&["06"]), &[], "06"));
+        assert!(!place_in_region(&set(&["11"]), &[set(&["06"])], "06"));
+        // untagged: the units pointing at it
+        assert!(place_in_region(
+            &set(&[]),
+            &[set(&["06"]), set(&["06"])],
+            "06"
+        ));
+        assert!(!place_in_region(
+            &set(&[]),
+            &[set(&["06"]), set(&["11"])],
+            "06"
+        ));
+        assert!(!place_in_region(&set(&[]), &[set(&["06"]), set(&[])], "06"));
+        assert!(
+            !place_in_region(&set(&[]), &[], "06"),
+            "no unit: region unknown"
+        );
+        let unit = json!({"meta": {"tag": [{"system": "r", "code": "06"}, {"system": "x", "code": "y"}]},
+            "location": [{"reference": "Location/ror-1"}, {"reference": "Organization/ror-2"}]});
+        assert_eq!(regions(&unit, "r"), set(&["06"]));
+        assert_eq!(references(&unit, "location", "Location"), ["ror-1"]);
+        let org = json!({"partOf": {"reference": "Organization/ror-3"}});
+        assert_eq!(references(&org, "partOf", "Organization"), ["ror-3"]);
     }
 
     #[test]

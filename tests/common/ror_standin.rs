@@ -1,11 +1,15 @@
 //! A stand-in of the ROR FHIR API on loopback, for the directory tests: an OAuth2 token
 //! endpoint (client credentials, tokens that can be made to expire), the four `Ror-*`
 //! headers checked on every FHIR call (401/403 otherwise), searches paged by `link next`
-//! with `_lastUpdated`, `_tag` and the `_include`s of the ROR, the bulk `$export` route
-//! (202, `Content-Location`, polling, ndjson files), and faults to inject.
+//! with `_lastUpdated`, `_tag`, the `_include`s of the ROR and the one `_filter` its
+//! documentation gives for deltas (any other is refused), the bulk `$export` route (202,
+//! `Content-Location`, polling, ndjson files), faults to inject, and an HTTPS mode that
+//! requires a client certificate ([`Standin::start_tls`], with a [`TestPki`] made by the
+//! `openssl` command at test time).
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -45,8 +49,12 @@ pub struct Stats {
     pub failed: u64,
     pub pages: u64,
     pub export_kickoffs: u64,
-    /// The query strings of the searches received.
+    /// The query strings of the searches received, as `Type?query`.
     pub queries: Vec<String>,
+    /// Per search page answered: `Type?query` and the ids it matched (includes left out).
+    pub matched: Vec<(String, Vec<String>)>,
+    /// TLS handshakes refused, with the reason (HTTPS mode).
+    pub tls_refused: Vec<String>,
 }
 
 #[derive(Default)]
@@ -97,19 +105,39 @@ impl Standin {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let ror = Arc::new(Mutex::new(ror));
-        let app = Router::new()
-            .route("/token", post(token))
-            .route("/fhir/{*path}", get(fhir))
-            .with_state(Shared {
-                ror: ror.clone(),
-                base: format!("http://{addr}/fhir"),
-            });
+        let app = router(&ror, format!("http://{addr}/fhir"), false);
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         Standin {
             base: format!("http://{addr}/fhir"),
             token_url: format!("http://{addr}/token"),
+            ror,
+        }
+    }
+
+    /// The stand-in over HTTPS (certificate of `pki.server`, signed by `pki.ca`), token
+    /// endpoint and FHIR API alike, requiring a client certificate signed by `pki.ca` on
+    /// every connection (a handshake without one, or with another, is refused and noted in
+    /// `stats.tls_refused`). The token endpoint then authenticates the client by its
+    /// certificate (`tls_client_auth`): no secret.
+    pub async fn start_tls(ror: Ror, pki: &TestPki) -> Standin {
+        passerelle::install_crypto_provider();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let ror = Arc::new(Mutex::new(ror));
+        let listener = TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config())),
+            ror: ror.clone(),
+        };
+        let app = router(&ror, format!("https://{addr}/fhir"), true);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Standin {
+            base: format!("https://{addr}/fhir"),
+            token_url: format!("https://{addr}/token"),
             ror,
         }
     }
@@ -139,19 +167,34 @@ impl Standin {
     }
 }
 
+fn router(ror: &Arc<Mutex<Ror>>, base: String, mtls: bool) -> Router {
+    Router::new()
+        .route("/token", post(token))
+        .route("/fhir/{*path}", get(fhir))
+        .with_state(Shared {
+            ror: ror.clone(),
+            base,
+            mtls,
+        })
+}
+
 #[derive(Clone)]
 struct Shared {
     ror: Arc<Mutex<Ror>>,
     base: String,
+    /// Every connection came with a client certificate the stand-in trusts.
+    mtls: bool,
 }
 
 async fn token(State(s): State<Shared>, body: String) -> Response {
     let form: BTreeMap<String, String> = form_urlencoded::parse(body.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
+    let secret = form.get("client_secret").map(String::as_str);
+    let authenticated = secret == Some(CLIENT_SECRET) || (s.mtls && secret.is_none());
     if form.get("grant_type").map(String::as_str) != Some("client_credentials")
         || form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
-        || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+        || !authenticated
     {
         return (
             StatusCode::UNAUTHORIZED,
@@ -276,7 +319,22 @@ async fn fhir(
             ([("content-type", "application/fhir+ndjson")], text).into_response()
         }
         t @ ("HealthcareService" | "Location" | "Organization") => {
-            ror.stats.queries.push(query.clone().unwrap_or_default());
+            ror.stats
+                .queries
+                .push(format!("{t}?{}", query.clone().unwrap_or_default()));
+            // the delta `_filter` of the ROR's documentation, on offers; no other is known
+            let changed_since = match param("_filter") {
+                None => None,
+                Some(f) => match (t, delta_filter(&f)) {
+                    ("HealthcareService", Some(since)) => Some(since),
+                    _ => {
+                        return outcome(
+                            StatusCode::BAD_REQUEST,
+                            &format!("unsupported _filter on {t}: {f}"),
+                        );
+                    }
+                },
+            };
             let count: usize = param("_count").and_then(|c| c.parse().ok()).unwrap_or(200);
             let offset: usize = param("_offset").and_then(|c| c.parse().ok()).unwrap_or(0);
             if t == "HealthcareService" {
@@ -303,6 +361,11 @@ async fn fhir(
                 .filter(|((rt, _), _)| rt == t)
                 .map(|(_, r)| r)
                 .filter(|r| since.is_none_or(|s| updated(r) >= s))
+                .filter(|r| {
+                    changed_since.is_none_or(|s| {
+                        updated(r) >= s || organisations_above(&ror, r).any(|o| updated(o) >= s)
+                    })
+                })
                 .filter(|r| tag.as_ref().is_none_or(|tg| has_tag(r, tg)))
                 .collect();
             let total = matches.len();
@@ -313,7 +376,9 @@ async fn fhir(
                 .collect();
             let mut entries = Vec::new();
             let mut included = HashSet::new();
+            let mut matched = Vec::new();
             for r in matches.iter().skip(offset).take(count) {
+                matched.push(r["id"].as_str().unwrap_or("").to_owned());
                 entries.push(json!({"resource": r, "search": {"mode": "match"}}));
                 if t != "HealthcareService" {
                     continue;
@@ -364,11 +429,47 @@ async fn fhir(
                     .finish();
                 links.push(json!({"relation": "next", "url": format!("{}/{t}?{q}", s.base)}));
             }
-            axum::Json(json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries}))
-                .into_response()
+            let page = json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": links, "entry": entries});
+            ror.stats
+                .matched
+                .push((format!("{t}?{}", query.unwrap_or_default()), matched));
+            axum::Json(page).into_response()
         }
         _ => outcome(StatusCode::NOT_FOUND, "no such endpoint"),
     }
+}
+
+/// The one `_filter` the ROR documents for deltas (`consommation-api.md`):
+/// `(_lastUpdated ge X or organization._lastUpdated:above ge X)`; its instant, or `None` for
+/// anything else.
+fn delta_filter(f: &str) -> Option<time::OffsetDateTime> {
+    let inner = f.strip_prefix('(')?.strip_suffix(')')?;
+    let (own, above) = inner.split_once(" or ")?;
+    let x = own.strip_prefix("_lastUpdated ge ")?;
+    let y = above.strip_prefix("organization._lastUpdated:above ge ")?;
+    if x != y {
+        return None;
+    }
+    time::OffsetDateTime::parse(x, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The organisation providing an offer and those above it (`partOf`), as the stand-in has
+/// them.
+fn organisations_above<'r>(ror: &'r Ror, offer: &Value) -> impl Iterator<Item = &'r Value> {
+    let mut next = offer["providedBy"]["reference"].as_str().map(str::to_owned);
+    let mut hops = 0;
+    std::iter::from_fn(move || {
+        let r = next.take()?;
+        hops += 1;
+        let id = r.strip_prefix("Organization/")?;
+        let org = ror
+            .resources
+            .get(&("Organization".to_owned(), id.to_owned()))?;
+        if hops < 10 {
+            next = org["partOf"]["reference"].as_str().map(str::to_owned);
+        }
+        Some(org)
+    })
 }
 
 fn enc(s: &str) -> String {
@@ -412,13 +513,13 @@ fn capacity(status: &str, n: i64) -> Value {
     })
 }
 
-/// What the kind of unit `i` is: (champ d'activité, mode de prise en charge).
-pub fn kind(i: usize) -> (&'static str, &'static str) {
+/// What the kind of unit `i` is: (champ d'activité, mode de prise en charge, type d'offre).
+pub fn kind(i: usize) -> (&'static str, &'static str, &'static str) {
     match i % 4 {
-        0 => ("02", "28"), // SMR, hospitalisation complète
-        1 => ("01", "31"), // HAD
-        2 => ("04", "46"), // EHPAD: médico-social, hébergement
-        _ => ("01", "28"), // MCO
+        0 => ("02", "28", "100"), // SMR polyvalent, hospitalisation complète
+        1 => ("01", "31", "128"), // HAD socle
+        2 => ("04", "46", "21"),  // EHPAD: médico-social, hébergement, personnes âgées dépendantes
+        _ => ("01", "28", "238"), // MCO, unité de médecine polyvalente
     }
 }
 
@@ -453,12 +554,13 @@ pub fn generated(n: usize) -> Vec<Value> {
             "status": "active", "name": format!("Lieu {i}"),
             "address": {"line": [format!("{i} rue de la Paix")], "city": if i % 3 == 0 { "Paris" } else { "Versailles" }, "postalCode": format!("7500{}", i % 3)},
             "position": {"latitude": 48.85 + i as f64 / 1000.0, "longitude": 2.35}}));
-        let (activity, mode) = kind(i);
+        let (activity, mode, offer_type) = kind(i);
         out.push(json!({"resourceType": "HealthcareService", "id": format!("hs-{i}"), "meta": meta(i),
             "extension": [{"url": "https://interop.esante.gouv.fr/ig/fhir/ror/StructureDefinition/ror-healthcareservice-sensitive-unit", "valueBoolean": false}],
             "identifier": [{"value": format!("{}/{i:07}", region(i))}],
             "active": true,
             "providedBy": {"reference": format!("Organization/oi-{i}")},
+            "category": [coding("TRE_R244-CategorieOrganisation/FHIR/TRE-R244-CategorieOrganisation", offer_type)],
             "type": [coding("TRE_R227-ChampActivite/FHIR/TRE-R227-ChampActivite", activity)],
             "characteristic": [coding("JDV_J19-ModePriseEnCharge-ROR/FHIR/JDV-J19-ModePriseEnCharge-ROR/", mode)],
             "location": [{"reference": format!("Location/loc-{i}")}],
@@ -477,4 +579,207 @@ pub fn examples() -> Vec<Value> {
     .iter()
     .map(|f| serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap())
     .collect()
+}
+
+/// A test PKI made with the `openssl` command in a temporary folder (removed on drop): a CA,
+/// a server certificate for 127.0.0.1 signed by it, a client certificate signed by it, and a
+/// rogue CA with a client certificate of its own.
+pub struct TestPki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
+}
+
+impl TestPki {
+    pub fn generate() -> TestPki {
+        let dir = std::env::temp_dir().join(format!(
+            "passerelle-ror-pki-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .unwrap_or_else(|e| panic!("the openssl command is needed for the TLS tests: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca = |name: &str| {
+            let (key, crt, subj) = (
+                format!("{name}.key"),
+                format!("{name}.crt"),
+                format!("/CN=Test {name}"),
+            );
+            let mut a = vec!["req", "-x509"];
+            a.extend(ec);
+            a.extend(["-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subj]);
+            a.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            a.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            run(&a);
+        };
+        let leaf = |name: &str, ca: &str, ext: &str, serial: &str| {
+            let (key, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+            let mut a = vec!["req"];
+            a.extend(ec);
+            let subj = format!("/CN={name}");
+            a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            run(&a);
+            let (ca_crt, ca_key, ext_file) = (
+                format!("{ca}.crt"),
+                format!("{ca}.key"),
+                format!("{name}.ext"),
+            );
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-out",
+                &crt,
+                "-extfile",
+                &ext_file,
+            ]);
+        };
+        ca("ca");
+        ca("rogue-ca");
+        let leaf_ext = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+        leaf(
+            "server",
+            "ca",
+            &format!(
+                "{leaf_ext}extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            ),
+            "2",
+        );
+        leaf(
+            "client",
+            "ca",
+            &format!("{leaf_ext}extendedKeyUsage=clientAuth\n"),
+            "3",
+        );
+        leaf(
+            "rogue",
+            "rogue-ca",
+            &format!("{leaf_ext}extendedKeyUsage=clientAuth\n"),
+            "4",
+        );
+        TestPki {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+            rogue_cert: dir.join("rogue.crt"),
+            rogue_key: dir.join("rogue.key"),
+            dir,
+        }
+    }
+
+    /// The stand-in's TLS: its certificate, and client certificates of `ca` required.
+    fn server_config(&self) -> rustls::ServerConfig {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(&self.ca).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.server_cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(&self.server_key).unwrap();
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap()
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Accepts TCP connections and completes their TLS handshake before axum sees them; a
+/// refused handshake (no client certificate, an untrusted one) is noted and skipped.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    ror: Arc<Mutex<Ror>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            let handshake = self.acceptor.accept(tcp);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => self
+                    .ror
+                    .lock()
+                    .unwrap()
+                    .stats
+                    .tls_refused
+                    .push(e.to_string()),
+                Err(_) => self
+                    .ror
+                    .lock()
+                    .unwrap()
+                    .stats
+                    .tls_refused
+                    .push("handshake timed out".into()),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
 }
