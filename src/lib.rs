@@ -8,11 +8,13 @@
 //!   parameters and their extraction, the REST interactions, Bundles, patches, conformance.
 //! - [`directory`] synchronises the ROR (units, organisations, places) into the store
 //!   through the FHIR layer, on demand (`passerelle ror sync`) or on a schedule.
+//! - [`admin`] is what the operator does from the command line (`passerelle admin`).
 //! - [`server`] assembles the HTTP application (router, middleware, operations endpoints) and
 //!   runs it with graceful shutdown.
 //!
 //! `ARCHITECTURE.md` at the repository root is the map; read it first.
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;

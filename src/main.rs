@@ -39,6 +39,41 @@ enum Command {
         #[command(subcommand)]
         command: RorCommand,
     },
+    /// What the operator does: tokens for system clients, the first référent of a structure.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Print a gateway access token for a registered system client (`[[auth.clients]]`),
+    /// signed with `[auth] signing_key_file` (the running gateway's key).
+    Token {
+        /// The client's `client_id`.
+        #[arg(long)]
+        client: String,
+        /// SMART v2 scopes (space-separated); by default all those registered for the client.
+        #[arg(long)]
+        scope: Option<String>,
+    },
+    /// Grant a habilitation as the system: the first référent of a structure, in psc mode
+    /// (the account exists once its holder signed in with Pro Santé Connect).
+    Grant {
+        /// The account, `Practitioner/<id>`.
+        #[arg(long)]
+        practitioner: String,
+        /// The structure, `Organization/<id>`.
+        #[arg(long)]
+        organization: String,
+        /// The habilitation profile (a code of the habilitation-profile code system).
+        #[arg(long, default_value = "referent")]
+        profile: String,
+        /// Last day of validity (YYYY-MM-DD); none by default.
+        #[arg(long)]
+        end: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -126,7 +161,7 @@ fn main() -> ExitCode {
     };
     // the demo's requests and timers would log hundreds of lines: only what goes wrong
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::Demo(_) | Command::Admin { .. } => "warn",
         _ => "info,sqlx=warn",
     };
     init_logs(config.log_json, default_filter);
@@ -177,6 +212,29 @@ fn main() -> ExitCode {
                         region,
                     },
             } => ror_sync(config, full, region).await,
+            Command::Admin {
+                command: AdminCommand::Token { client, scope },
+            } => passerelle::admin::token(&config, &client, scope.as_deref())
+                .map(|token| println!("{token}")),
+            Command::Admin {
+                command:
+                    AdminCommand::Grant {
+                        practitioner,
+                        organization,
+                        profile,
+                        end,
+                    },
+            } => {
+                let g = passerelle::admin::Grant {
+                    practitioner,
+                    organization,
+                    profile,
+                    end,
+                };
+                passerelle::admin::grant(&config, &g)
+                    .await
+                    .map(|role| println!("{role}"))
+            }
         }
     });
     match result {

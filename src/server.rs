@@ -117,12 +117,11 @@ impl App {
             .route("/ready", get(ready))
             .route("/metrics", get(metrics))
             .with_state(self.clone());
-        let fhir_routes = match &self.auth {
-            crate::auth::Authenticator::Psc(g) => fhir_routes.merge(
-                crate::auth::endpoints::router(g.clone(), self.fhir.clone(), self.audit.clone()),
-            ),
-            crate::auth::Authenticator::Dev => fhir_routes,
-        };
+        let fhir_routes = fhir_routes.merge(crate::auth::endpoints::router(
+            self.auth.gateway.clone(),
+            self.fhir.clone(),
+            self.audit.clone(),
+        ));
         fhir_routes
             .merge(ops)
             .fallback(|| async {

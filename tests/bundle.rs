@@ -266,3 +266,32 @@ on_both_engines!(batch_entries_stand_alone, |gw| {
         .await
         .expect(400);
 });
+
+on_both_engines!(transaction_entries_pass_the_same_checks, |gw| {
+    // a habilitation without the right to read the audit trail
+    gw.put(
+        "Organization/o-bundle",
+        &json!({"resourceType": "Organization", "id": "o-bundle", "name": "CH"}),
+    )
+    .await
+    .expect(201);
+    gw.put(
+        "PractitionerRole/r-bundle",
+        &json!({"resourceType": "PractitionerRole", "id": "r-bundle", "active": true,
+                "organization": {"reference": "Organization/o-bundle"},
+                "code": [{"coding": [{"system": "https://passerelle.dev/fhir/CodeSystem/habilitation-profile",
+                                      "code": "prescripteur-medical"}]}]}),
+    )
+    .await
+    .expect(201);
+    let doc = gw.acting("r-bundle");
+    doc.get("AuditEvent").await.expect(403);
+    // the same read inside a transaction refuses the transaction, inside a batch its entry
+    let entry = json!({"request": {"method": "GET", "url": "AuditEvent"}});
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [entry]});
+    doc.post("", &tx).await.expect(403);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [entry]});
+    let b = doc.post("", &batch).await.expect(200).json();
+    let status = b["entry"][0]["response"]["status"].as_str().unwrap_or("");
+    assert!(status.starts_with("403"), "{b}");
+});

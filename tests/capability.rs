@@ -92,14 +92,11 @@ on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
     let referent = gw.acting("cap-referent");
     // a référent grants habilitations in its own structure only: accounts are set up
     // anonymously, as dev mode allows
-    let anonymous = common::Acting {
-        gw: &gw,
-        role: None,
-    };
+    let anonymous = gw.anonymous();
     let cs = referent.get("metadata").await.expect(200).json();
     let model = Model::r4();
     let strict = |url: String| {
-        gw.client
+        gw.anon
             .get(gw.url(&url))
             .header("x-passerelle-role", "PractitionerRole/cap-referent")
             .header("prefer", "handling=strict")
@@ -142,8 +139,8 @@ on_both_engines!(every_listed_interaction_and_parameter_works, |gw| {
             }
             if interactions.contains(&"patch") {
                 let p = json!([{"op": "add", "path": "/meta/security", "value": [{"system": "http://example.org", "code": "p"}]}]);
-                let mut patch = gw
-                    .client
+                let client = if me.system { &gw.client } else { &gw.anon };
+                let mut patch = client
                     .patch(gw.url(&format!("{rtype}/{id}")))
                     .header("content-type", "application/json-patch+json")
                     .body(p.to_string());

@@ -24,6 +24,9 @@ fn help_for_every_subcommand() {
         &["demo", "--help"],
         &["ror", "--help"],
         &["ror", "sync", "--help"],
+        &["admin", "--help"],
+        &["admin", "token", "--help"],
+        &["admin", "grant", "--help"],
     ] {
         let out = passerelle().args(args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -110,5 +113,133 @@ fn dev_auth_mode_refuses_to_listen_beyond_loopback() {
         !dir.join("x.db").exists(),
         "refused before touching the database"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn admin_grants_the_first_referent_and_mints_tokens() {
+    let dir = temp_dir("admin");
+    let db = format!("sqlite://{}", dir.join("admin.db").display());
+    let run = |args: &[&str]| {
+        passerelle()
+            .args(args)
+            .env("DATABASE_URL", &db)
+            .output()
+            .unwrap()
+    };
+    // the account and the structure exist (as after a first sign-in and a directory sync)
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = passerelle::config::Config {
+            database_url: db.clone(),
+            ..Default::default()
+        };
+        let app = passerelle::server::App::open(
+            &config,
+            "http://127.0.0.1".into(),
+            std::sync::Arc::new(passerelle::time::SystemClock),
+        )
+        .await
+        .unwrap();
+        for body in [
+            serde_json::json!({"resourceType": "Practitioner", "id": "p-first", "active": true}),
+            serde_json::json!({"resourceType": "Organization", "id": "o-first", "name": "CH"}),
+        ] {
+            let rtype = body["resourceType"].as_str().unwrap().to_owned();
+            let id = body["id"].as_str().unwrap().to_owned();
+            let mut req = passerelle::fhir::interaction::Req::new(
+                axum::http::Method::PUT,
+                passerelle::fhir::interaction::Route::Instance(rtype, id),
+            );
+            req.caller = passerelle::auth::Caller::System("test".into());
+            req.body = Some(body);
+            passerelle::fhir::interaction::run(&app.fhir, req)
+                .await
+                .unwrap();
+        }
+    });
+    let out = run(&[
+        "admin",
+        "grant",
+        "--practitioner",
+        "Practitioner/p-first",
+        "--organization",
+        "Organization/o-first",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let role = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(role.starts_with("PractitionerRole/"), "{role}");
+    // what does not exist is named
+    let out = run(&[
+        "admin",
+        "grant",
+        "--practitioner",
+        "Practitioner/nobody",
+        "--organization",
+        "Organization/o-first",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Practitioner/nobody does not exist"));
+    let out = run(&[
+        "admin",
+        "grant",
+        "--practitioner",
+        "Practitioner/p-first",
+        "--organization",
+        "Organization/o-first",
+        "--profile",
+        "chef",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`chef` is not a habilitation profile"));
+    // a token needs the shared signing key and a registered client
+    let out = run(&["admin", "token", "--client", "his"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signing_key_file"));
+    let config = dir.join("passerelle.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[auth]\nsigning_key_file = {:?}\n[[auth.clients]]\nclient_id = \"his\"\njwks_file = {:?}\nscopes = [\"system/Task.rs\"]\n",
+            dir.join("key.pem"),
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/psc/test-client-es384.jwks.json")
+        ),
+    )
+    .unwrap();
+    let with = |args: &[&str]| {
+        passerelle()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("DATABASE_URL", &db)
+            .output()
+            .unwrap()
+    };
+    let out = with(&["admin", "token", "--client", "nobody"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no [[auth.clients]] with client_id `nobody`")
+    );
+    let out = with(&[
+        "admin",
+        "token",
+        "--client",
+        "his",
+        "--scope",
+        "system/Patient.cruds",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_scope"));
+    let out = with(&["admin", "token", "--client", "his"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     let _ = std::fs::remove_dir_all(dir);
 }

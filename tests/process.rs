@@ -41,9 +41,8 @@ async fn crash_safety(engine: common::Engine) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut writers = Vec::new();
     for w in 0..8 {
-        let (base, stop) = (base.clone(), stop.clone());
+        let (base, stop, client) = (base.clone(), stop.clone(), server.client());
         writers.push(tokio::spawn(async move {
-            let client = common::http_client();
             let mut acknowledged = Vec::new();
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) && i < 5000 {
@@ -69,7 +68,7 @@ async fn crash_safety(engine: common::Engine) {
         }));
     }
     // kill once a good number of creates were acknowledged, while writers are still going
-    let client = common::http_client();
+    let client = server.client();
     wait_for_tasks(&client, &base, 300).await;
     server.kill();
     stop.store(true, Ordering::SeqCst);
@@ -83,6 +82,7 @@ async fn crash_safety(engine: common::Engine) {
         acknowledged.len()
     );
     let restarted = common::Process::start(&url).await;
+    let client = restarted.client();
     let mut missing = Vec::new();
     for id in &acknowledged {
         let r = client
@@ -141,11 +141,12 @@ async fn run_fhirpy(script: &str, engine: common::Engine) -> bool {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
         .join(script);
-    let base = server.base.clone();
+    let (base, token) = (server.base.clone(), server.token.clone());
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(path)
             .arg(base)
+            .arg(token)
             .output()
     })
     .await
@@ -183,9 +184,8 @@ async fn sigterm_finishes_requests_under_way() {
     let base = server.base.clone();
     let mut writers = Vec::new();
     for w in 0..4 {
-        let base = base.clone();
+        let (base, client) = (base.clone(), server.client());
         writers.push(tokio::spawn(async move {
-            let client = common::http_client();
             let mut ok = Vec::new();
             for i in 0..400 {
                 let body = json!({"resourceType": "Task", "status": "requested", "intent": "order", "description": format!("{w}-{i}")});
@@ -203,7 +203,7 @@ async fn sigterm_finishes_requests_under_way() {
             ok
         }));
     }
-    let client = common::http_client();
+    let client = server.client();
     wait_for_tasks(&client, &base, 100).await;
     let pid = server.child.id().to_string();
     let killed = std::process::Command::new("kill")
@@ -227,6 +227,7 @@ async fn sigterm_finishes_requests_under_way() {
         ok.extend(w.await.unwrap());
     }
     let restarted = common::Process::start(&url).await;
+    let client = restarted.client();
     for id in &ok {
         let r = client
             .get(format!("{}/Task/{id}", restarted.base))

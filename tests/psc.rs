@@ -1127,10 +1127,16 @@ async fn token_exchange(engine: Engine) {
         .get(&format!("PractitionerRole/{role}"), Some(&token))
         .await;
     assert_eq!(after.status, 401, "{}", after.body);
-    assert_oauth_error(
-        &exchange(at.clone(), role.clone()).await,
-        400,
-        "invalid_target",
+    // its only habilitation ended, the account is deactivated by the gateway: no exchange
+    let refused = exchange(at.clone(), role.clone()).await;
+    assert_oauth_error(&refused, 400, "invalid_grant");
+    assert!(
+        refused.body["error_description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not active"),
+        "{}",
+        refused.body
     );
 
     // each issue and refusal is an AuditEvent: the clinician (SubjectNameID and account),
@@ -1633,7 +1639,7 @@ async fn first_sign_in(engine: Engine) {
     let prov = trail(id.clone()).await;
     assert_eq!(prov.len(), 2, "{prov:?}");
     assert!(prov.iter().any(|p| {
-        p["activity"]["coding"][0]["code"] == "UPDATE"
+        p["activity"]["coding"][0]["code"] == "updated"
             && p["target"][0]["reference"] == format!("Practitioner/{id}/_history/2")
     }));
 

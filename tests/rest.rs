@@ -721,3 +721,81 @@ on_both_engines!(json_patch_and_fhirpath_patch, |gw| {
     .await
     .expect(404);
 });
+
+on_both_engines!(anonymous_callers_touch_no_patient_data, |gw| {
+    let anon = gw.anonymous();
+    // the directory and accounts: set up anonymously, as dev mode allows
+    anon.put(
+        "Organization/o-anon",
+        &json!({"resourceType": "Organization", "id": "o-anon", "name": "Clinique"}),
+    )
+    .await
+    .expect(201);
+    // patient data: the system (the test client's token) writes it, nobody anonymous reads it
+    let patient = gw
+        .create(&json!({"resourceType": "Patient", "name": [{"family": "Anonyme"}]}))
+        .await;
+    let pid = patient["id"].as_str().unwrap();
+    gw.put(
+        "Encounter/e-anon",
+        &json!({"resourceType": "Encounter", "id": "e-anon", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+                "subject": {"reference": format!("Patient/{pid}")},
+                "serviceProvider": {"reference": "Organization/o-anon"}}),
+    )
+    .await
+    .expect(201);
+    for path in [
+        format!("Patient/{pid}"),
+        format!("Patient/{pid}/_history"),
+        "Patient?name=anonyme".to_owned(),
+        "Encounter".to_owned(),
+        "_history".to_owned(),
+    ] {
+        anon.get(&path).await.expect(401);
+    }
+    anon.post(
+        "Patient",
+        &json!({"resourceType": "Patient", "name": [{"family": "X"}]}),
+    )
+    .await
+    .expect(401);
+    anon.delete(&format!("Patient/{pid}")).await.expect(401);
+    // an include does not bring it either
+    let b = anon
+        .get("Organization?_id=o-anon&_revinclude=Encounter:service-provider")
+        .await
+        .expect(200)
+        .json();
+    let types: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["resource"]["resourceType"].as_str())
+        .collect();
+    assert_eq!(types, ["Organization"], "{b}");
+    // nor a Bundle: a transaction is refused whole, a batch entry alone
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:0a8a6c77-6e4b-4a1c-9d0b-1f1d1f1d1f1d",
+         "resource": {"resourceType": "Patient", "name": [{"family": "Y"}]},
+         "request": {"method": "POST", "url": "Patient"}}
+    ]});
+    anon.post("", &tx).await.expect(401);
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "GET", "url": format!("Patient/{pid}")}},
+        {"request": {"method": "GET", "url": "Organization/o-anon"}}
+    ]});
+    let b = anon.post("", &batch).await.expect(200).json();
+    let status = |i: usize| b["entry"][i]["response"]["status"].as_str().unwrap_or("");
+    assert!(status(0).starts_with("401"), "{b}");
+    assert!(status(1).starts_with("200"), "{b}");
+    // a token and a habilitation header together: which caller is meant?
+    let both = gw
+        .send(
+            gw.client
+                .get(gw.url("Organization/o-anon"))
+                .header("x-passerelle-role", "PractitionerRole/any"),
+        )
+        .await;
+    assert_eq!(both.status, 400, "{}", both.text);
+});

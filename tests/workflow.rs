@@ -271,7 +271,8 @@ on_both_engines!(dossier_writes_and_sends_are_checked, |gw| {
         .await
         .expect(422);
     // who: anonymous, a receiving unit, a referent
-    gw.post("ServiceRequest", &dossier(json!([])))
+    gw.anonymous()
+        .post("ServiceRequest", &dossier(json!([])))
         .await
         .expect(401);
     gw.acting(U1)
@@ -467,7 +468,8 @@ on_both_engines!(bad_moves_change_nothing, |gw| {
     )
     .await
     .expect(403);
-    gw.post(&format!("Task/{}/$mark-read", t[0]), &none())
+    gw.anonymous()
+        .post(&format!("Task/{}/$mark-read", t[0]), &none())
         .await
         .expect(401);
     // from the wrong state
@@ -698,7 +700,7 @@ async fn reminders_wait_for_72_hours() {
         let clock = passerelle::time::ManualClock::new(1_795_000_000_000_000);
         let opts = common::Options {
             clock: Some(clock.clone()),
-            format: common::Format::Json,
+            ..Default::default()
         };
         let Some(gw) = common::spawn_with(engine, opts).await else {
             continue;
@@ -744,7 +746,7 @@ async fn clocked(engine: common::Engine) -> Option<(Gateway, passerelle::time::M
     let clock = passerelle::time::ManualClock::new(1_795_000_000_000_000);
     let opts = common::Options {
         clock: Some(clock.clone()),
-        format: common::Format::Json,
+        ..Default::default()
     };
     common::spawn_with(engine, opts).await.map(|gw| (gw, clock))
 }
@@ -1073,7 +1075,7 @@ on_both_engines!(dashboard_tabs_searches_and_exports, |gw| {
     // XLSX: a real spreadsheet; LibreOffice reads it back as the same table
     let x = gw
         .send(
-            gw.client
+            gw.anon
                 .get(gw.url(&format!("{mine}&_sort=_lastUpdated")))
                 .header("accept", passerelle::export::XLSX_MIME)
                 .header("x-passerelle-role", format!("PractitionerRole/{DOC}")),
@@ -1081,7 +1083,7 @@ on_both_engines!(dashboard_tabs_searches_and_exports, |gw| {
         .await;
     assert_eq!(x.status, 200, "{}", x.text);
     let bytes = gw
-        .client
+        .anon
         .get(gw.url(&format!("{mine}&_sort=_lastUpdated&_format=xlsx")))
         .header("x-passerelle-role", format!("PractitionerRole/{DOC}"))
         .send()
@@ -1316,7 +1318,7 @@ async fn the_observatory_counts_every_indicator() {
             .get("$observatory?colour=blue")
             .await
             .expect(400);
-        gw.get("$observatory").await.expect(401);
+        gw.anonymous().get("$observatory").await.expect(401);
     }
 }
 
@@ -1450,12 +1452,13 @@ on_both_engines!(
             )
             .await
             .expect(403);
-        gw.post(
-            "QuestionnaireResponse",
-            &part("volet-medical", "in-progress"),
-        )
-        .await
-        .expect(401);
+        gw.anonymous()
+            .post(
+                "QuestionnaireResponse",
+                &part("volet-medical", "in-progress"),
+            )
+            .await
+            .expect(401);
         let mut draft = part("volet-medical", "in-progress");
         draft["item"]
             .as_array_mut()
@@ -1600,7 +1603,7 @@ on_both_engines!(withdraw_admit_and_patch_moves, |gw| {
     ]);
     let r = gw
         .send(
-            gw.client
+            gw.anon
                 .patch(gw.url(&format!("Task/{}", t[1])))
                 .header("content-type", "application/json-patch+json")
                 .header("x-passerelle-role", format!("PractitionerRole/{U2}"))
@@ -1616,7 +1619,7 @@ on_both_engines!(withdraw_admit_and_patch_moves, |gw| {
         json!([{"op": "replace", "path": "/owner/reference", "value": "HealthcareService/u3"}]);
     let r = gw
         .send(
-            gw.client
+            gw.anon
                 .patch(gw.url(&format!("Task/{}", t[1])))
                 .header("content-type", "application/json-patch+json")
                 .header("x-passerelle-role", format!("PractitionerRole/{U2}"))
@@ -1689,7 +1692,7 @@ on_both_engines!(every_access_to_patient_data_is_audited, |gw| {
     assert_eq!(none_for_orgs["entry"].as_array().map_or(0, Vec::len), 0);
     // the trail is read-only, and read by référents only
     doc.get("AuditEvent").await.expect(403);
-    gw.get("AuditEvent").await.expect(401);
+    gw.anonymous().get("AuditEvent").await.expect(401);
     let any = json!({"resourceType": "AuditEvent"});
     referent.post("AuditEvent", &any).await.expect(405);
     let id = e["id"].as_str().unwrap();
@@ -2224,3 +2227,106 @@ on_both_engines!(deletions_follow_the_write_rules, |gw| {
         .await
         .expect(200);
 });
+
+/// A system client registered for one structure (`[[auth.clients]] organization`).
+fn bound_client(id: &str, org: &str) -> passerelle::config::ClientConfig {
+    let mut c = common::test_client_config();
+    c.client_id = id.into();
+    c.organization = Some(format!("Organization/{org}"));
+    c
+}
+
+#[tokio::test]
+async fn a_client_bound_to_a_structure_stays_in_it() {
+    for engine in [common::Engine::Sqlite, common::Engine::Postgres] {
+        let opts = common::Options {
+            clients: vec![
+                bound_client("his-smr", "org-smr"),
+                bound_client("his-other", "org-other"),
+            ],
+            ..Default::default()
+        };
+        let Some(gw) = common::spawn_with(engine, opts).await else {
+            continue;
+        };
+        let sr = world(&gw).await;
+        let t = send(&gw, &sr).await;
+        let as_client = |id: &str| {
+            let token = gw
+                .app
+                .auth
+                .gateway
+                .issue_for_client(id, "system/*.cruds")
+                .expect("token")
+                .access_token;
+            common::bearer_client(&token)
+        };
+        let (smr, other) = (as_client("his-smr"), as_client("his-other"));
+        let get = |c: &reqwest::Client, path: &str| gw.send(c.get(gw.url(path)));
+        // the receiving establishment's system sees its units' requests, the dossier and
+        // the patient; another structure's sees none of them
+        for path in [
+            format!("Task/{}", t[0]),
+            format!("ServiceRequest/{sr}"),
+            "Patient/pat".to_owned(),
+        ] {
+            get(&smr, &path).await.expect(200);
+            get(&other, &path).await.expect(404);
+        }
+        let found = |b: Value| b["entry"].as_array().map_or(0, Vec::len);
+        assert_eq!(found(get(&smr, "Task").await.expect(200).json()), 3);
+        assert_eq!(found(get(&other, "Task").await.expect(200).json()), 0);
+        // it makes the system's moves on its own requests only
+        let date = params(json!([{"name": "date", "valueDateTime": "2027-01-10"}]));
+        op(&gw.acting(U1), &t[0], "propose-admission", &date)
+            .await
+            .expect(200);
+        let admit = |c: &reqwest::Client| {
+            gw.send(
+                c.post(gw.url(&format!("Task/{}/$admit", t[0])))
+                    .header("content-type", common::FHIR_JSON)
+                    .body(none().to_string()),
+            )
+        };
+        assert_eq!(admit(&other).await.status, 403);
+        admit(&smr).await.expect(200);
+        assert_eq!(state(&gw, &t[0]).await.1, "admitted");
+        let mark_read = gw
+            .send(
+                smr.post(gw.url(&format!("Task/{}/$mark-read", t[1])))
+                    .header("content-type", common::FHIR_JSON)
+                    .body(none().to_string()),
+            )
+            .await;
+        assert_eq!(mark_read.status, 403, "{}", mark_read.text);
+        // it sets up accounts in its structure only, and does not read the audit trail
+        let put = |c: &reqwest::Client, body: Value| {
+            gw.send(
+                c.put(gw.url(&format!(
+                    "PractitionerRole/{}",
+                    body["id"].as_str().unwrap()
+                )))
+                .header("content-type", common::FHIR_JSON)
+                .body(body.to_string()),
+            )
+        };
+        put(
+            &smr,
+            role(
+                "role-smr-new",
+                "responsable-admission",
+                "org-smr",
+                Some("u1"),
+            ),
+        )
+        .await
+        .expect(201);
+        put(
+            &smr,
+            role("role-chu-new", "prescripteur-medical", "org-chu", None),
+        )
+        .await
+        .expect(403);
+        get(&smr, "AuditEvent").await.expect(403);
+    }
+}

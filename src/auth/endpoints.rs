@@ -32,30 +32,35 @@ struct Endpoints {
 }
 
 /// The routes, to merge into the application's router.
+/// The token endpoint and its discovery (both modes), and with PSC (`psc` mode) the browser
+/// sign-in and the terms of use.
 pub fn router(gateway: Arc<Gateway>, fhir: Arc<Fhir>, audit: Auditor) -> Router {
     let origin = reqwest::Url::parse(&gateway.base)
         .map(|u| u.origin().ascii_serialization())
         .unwrap_or_else(|_| gateway.base.clone());
-    Router::new()
+    let mut router = Router::new()
         .route("/auth/token", post(token))
         .route("/auth/jwks", get(jwks))
-        .route("/auth/login", get(login))
-        .route("/auth/callback", get(callback))
-        .route("/auth/session", get(session))
-        .route("/auth/logout", get(logout).post(logout))
-        .route("/auth/logged-out", get(|| async { "signed out" }))
-        .route("/auth/terms", get(terms_page).post(accept_terms))
         .route("/.well-known/smart-configuration", get(smart_configuration))
         .route(
             "/fhir/.well-known/smart-configuration",
             get(smart_configuration),
-        )
-        .with_state(Endpoints {
-            gateway,
-            fhir,
-            audit,
-            origin,
-        })
+        );
+    if gateway.psc.is_some() {
+        router = router
+            .route("/auth/login", get(login))
+            .route("/auth/callback", get(callback))
+            .route("/auth/session", get(session))
+            .route("/auth/logout", get(logout).post(logout))
+            .route("/auth/logged-out", get(|| async { "signed out" }))
+            .route("/auth/terms", get(terms_page).post(accept_terms));
+    }
+    router.with_state(Endpoints {
+        gateway,
+        fhir,
+        audit,
+        origin,
+    })
 }
 
 impl Endpoints {
@@ -225,8 +230,20 @@ async fn current_session(
     }
 }
 
+/// PSC, which the sign-in routes (mounted in `psc` mode only) need.
+fn psc(s: &Endpoints) -> Result<&super::psc::Psc, SignInError> {
+    s.gateway
+        .psc
+        .as_ref()
+        .ok_or_else(|| SignInError::BadRequest("no Pro Santé Connect in dev mode".into()))
+}
+
 async fn login(State(s): State<Endpoints>) -> Response {
-    match s.gateway.browser.start(&s.gateway.psc, &s.fhir.store).await {
+    let started = match psc(&s) {
+        Ok(psc) => s.gateway.browser.start(psc, &s.fhir.store).await,
+        Err(e) => Err(e),
+    };
+    match started {
         Ok(url) => redirect(&url),
         Err(e) => sign_in_error(&e),
     }
@@ -258,7 +275,7 @@ async fn callback(
         };
         s.gateway
             .browser
-            .finish(&s.gateway.psc, &s.fhir, state, code)
+            .finish(psc(&s)?, &s.fhir, state, code)
             .await
     }
     .await;
@@ -364,11 +381,10 @@ async fn logout(State(s): State<Endpoints>, ext: Extensions, headers: HeaderMap)
             ..Who::default()
         };
         s.audit(Flow::Logout, &who, &ext, 303, None).await;
-        if let Some(url) = s
-            .gateway
-            .psc
-            .logout_url(&session.id_token, &browser.logged_out_url)
-            .await
+        if let Some(p) = &s.gateway.psc
+            && let Some(url) = p
+                .logout_url(&session.id_token, &browser.logged_out_url)
+                .await
         {
             location = url;
         }

@@ -2,7 +2,7 @@
 //! FHIR request), the registered system clients and their `private_key_jwt` assertions.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
@@ -85,12 +85,14 @@ struct Client {
     jwks: RwLock<Option<JwkSet>>,
 }
 
-/// Everything `psc` mode holds.
+/// The gateway's own tokens and the registered system clients (both auth modes), and in
+/// `psc` mode Pro Santé Connect.
 pub struct Gateway {
     /// Public base of the gateway (without `/fhir`): the tokens' `iss`.
     pub base: String,
     pub key: SigningKey,
-    pub psc: Psc,
+    /// Pro Santé Connect (`psc` mode only): sign-in and token exchange.
+    pub psc: Option<Psc>,
     token_lifetime: u64,
     assertion_max_lifetime: u64,
     clients: HashMap<String, Client>,
@@ -99,7 +101,14 @@ pub struct Gateway {
     pub browser: super::browser::Browser,
     /// The terms of use a clinician accepts before a token is issued to them.
     pub terms: Terms,
+    /// Tokens whose signature was checked, until they expire.
+    verified: Mutex<HashMap<String, Arc<Claims>>>,
 }
+
+/// Seconds of clock skew allowed on a gateway token's expiry.
+const LEEWAY: u64 = 5;
+/// Most checked tokens remembered.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -131,24 +140,32 @@ fn now() -> u64 {
 }
 
 impl Gateway {
+    /// With PSC when `[psc] issuer` is set (`psc` mode), without it otherwise (`dev` mode:
+    /// system clients only).
     pub fn new(config: &Config, base: &str) -> std::result::Result<Gateway, String> {
-        let psc_config = config
-            .psc
-            .as_ref()
-            .ok_or_else(|| "no [psc] section".to_owned())?;
+        let default_psc = crate::config::PscConfig::default();
+        let psc_config = config.psc.as_ref().filter(|p| !p.issuer.is_empty());
         let base = base.trim_end_matches('/');
-        let redirect_url = psc_config
-            .redirect_url
-            .clone()
-            .unwrap_or_else(|| format!("{base}/auth/callback"));
-        let psc = Psc::new(psc_config, redirect_url).map_err(|e| e.to_string())?;
+        let psc = match psc_config {
+            Some(p) => {
+                let redirect_url = p
+                    .redirect_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{base}/auth/callback"));
+                Some(Psc::new(p, redirect_url).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        let psc_config = psc_config.unwrap_or(&default_psc);
         let terms = Terms::from_config(&config.auth)?;
         let key = match &config.auth.signing_key_file {
             Some(path) => SigningKey::load_or_create(path),
             None => {
-                tracing::warn!(
-                    "auth.signing_key_file is not set: gateway tokens are signed with a key made at start (they die with this process; several instances need a shared key file)"
-                );
+                if psc.is_some() || !config.auth.clients.is_empty() {
+                    tracing::warn!(
+                        "auth.signing_key_file is not set: gateway tokens are signed with a key made at start (they die with this process; several instances need a shared key file)"
+                    );
+                }
                 SigningKey::generate()
             }
         }
@@ -200,6 +217,7 @@ impl Gateway {
                 psc_config.session_max_hours,
             ),
             terms,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -451,8 +469,15 @@ impl Gateway {
                 )
             }
         };
-        let introspected = self.psc.introspect(token).await.map_err(psc_error)?;
-        let identity = self.psc.userinfo(token).await.map_err(psc_error)?;
+        let psc = self.psc.as_ref().ok_or_else(|| {
+            TokenError::new(
+                400,
+                "unsupported_grant_type",
+                "token exchange needs Pro Santé Connect ([psc] issuer): dev mode issues tokens to system clients only",
+            )
+        })?;
+        let introspected = psc.introspect(token).await.map_err(psc_error)?;
+        let identity = psc.userinfo(token).await.map_err(psc_error)?;
         who.subject_name_id = Some(identity.subject_name_id.clone());
         if let Some(id) = introspected["SubjectNameID"].as_str()
             && id != identity.subject_name_id
@@ -522,6 +547,72 @@ impl Gateway {
     /// The caller of a FHIR request from its `Authorization: Bearer` gateway token, checked
     /// against the permission the request needs (system clients) and the habilitation's
     /// validity now (persons).
+    /// The claims of a gateway token whose signature, issuer, audience and expiry hold.
+    /// Tokens already checked are remembered until they expire: verifying an Ed25519
+    /// signature costs more than serving a cached read.
+    fn verified(&self, token: &str) -> Result<Arc<Claims>> {
+        let now = now();
+        if let Some(c) = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|m| m.get(token).cloned())
+            && c.exp + LEEWAY >= now
+        {
+            return Ok(c);
+        }
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY;
+        validation.set_audience(&[self.audience()]);
+        validation.set_issuer(&[&self.base]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, self.key.decoding(), &validation)
+            .map_err(|e| Error::Unauthorized(format!("invalid gateway token: {}", describe(&e))))?
+            .claims;
+        let claims = Arc::new(claims);
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= VERIFIED_CAPACITY {
+                m.retain(|_, c| c.exp + LEEWAY >= now);
+                if m.len() >= VERIFIED_CAPACITY {
+                    m.clear();
+                }
+            }
+            m.insert(token.to_owned(), claims.clone());
+        }
+        Ok(claims)
+    }
+
+    /// A token for a registered system client, as `client_credentials` would issue it, for
+    /// the operator (`passerelle admin token`) and the tests.
+    pub fn issue_for_client(
+        &self,
+        client_id: &str,
+        scope: &str,
+    ) -> std::result::Result<Issued, TokenError> {
+        let client = self
+            .clients
+            .get(client_id)
+            .ok_or_else(|| TokenError::client(format!("unknown client `{client_id}`")))?;
+        let granted = scope::grant(scope, &client.config.scopes);
+        if granted.is_empty() {
+            return Err(TokenError::new(
+                400,
+                "invalid_scope",
+                "none of the requested scopes is granted to this client",
+            ));
+        }
+        let scope = granted.join(" ");
+        let mut claims = self.claims(client_id.to_owned(), scope.clone());
+        claims.client_id = Some(client_id.to_owned());
+        Ok(Issued {
+            access_token: self.sign(&claims)?,
+            token_type: "Bearer",
+            expires_in: self.token_lifetime,
+            scope,
+            issued_token_type: None,
+        })
+    }
+
     pub async fn caller(
         &self,
         authorization: Option<&str>,
@@ -543,14 +634,7 @@ impl Gateway {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Error::Unauthorized("Authorization must be `Bearer <token>`".into()))?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = 5;
-        validation.set_audience(&[self.audience()]);
-        validation.set_issuer(&[&self.base]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        let claims = jsonwebtoken::decode::<Claims>(token, self.key.decoding(), &validation)
-            .map_err(|e| Error::Unauthorized(format!("invalid gateway token: {}", describe(&e))))?
-            .claims;
+        let claims = self.verified(token)?;
         if let Some(role) = &claims.practitioner_role {
             let id = role
                 .strip_prefix("PractitionerRole/")

@@ -175,34 +175,35 @@ pub fn habilitation(role_id: &str, role: &Value, now: i64) -> Option<Habilitatio
     })
 }
 
-/// How callers are established, chosen once from the configuration.
+/// How callers are established, chosen once from the configuration: `psc` mode when
+/// `[psc] issuer` is set, `dev` mode otherwise. Both take gateway tokens (in `dev` mode, those
+/// of the registered system clients: an integration is tried as it will run).
 #[derive(Debug, Clone)]
-pub enum Authenticator {
-    /// No PSC issuer: the `X-Passerelle-Role` header (loopback only).
-    Dev,
-    /// A PSC issuer: bearer gateway tokens only.
-    Psc(Arc<Gateway>),
+pub struct Authenticator {
+    dev: bool,
+    /// The gateway's tokens, its system clients, and PSC in `psc` mode.
+    pub gateway: Arc<Gateway>,
 }
 
 impl Authenticator {
-    /// `psc` mode when `[psc] issuer` is set, `dev` mode otherwise. `base` is the gateway's
-    /// public base URL (without `/fhir`).
+    /// `base` is the gateway's public base URL (without `/fhir`).
     pub fn from_config(config: &Config, base: &str) -> std::result::Result<Authenticator, String> {
-        match &config.psc {
-            Some(p) if !p.issuer.is_empty() => {
-                Ok(Authenticator::Psc(Arc::new(Gateway::new(config, base)?)))
-            }
-            _ => Ok(Authenticator::Dev),
-        }
+        let gateway = Arc::new(Gateway::new(config, base)?);
+        Ok(Authenticator {
+            dev: gateway.psc.is_none(),
+            gateway,
+        })
     }
 
     pub fn is_dev(&self) -> bool {
-        matches!(self, Authenticator::Dev)
+        self.dev
     }
 
-    /// The caller of one FHIR request (`route` under `/fhir`, already parsed). In `psc` mode:
-    /// 401 without a valid gateway token (except `GET /metadata`), 403 when a system
-    /// client's scopes do not cover the request; the `X-Passerelle-Role` header is ignored.
+    /// The caller of one FHIR request (`route` under `/fhir`, already parsed): from its
+    /// `Authorization: Bearer` gateway token (401 when invalid; 403 when a system client's
+    /// scopes do not cover the request). Without one: in `psc` mode 401 (except `GET
+    /// /metadata`), the `X-Passerelle-Role` header being ignored; in `dev` mode that header's
+    /// habilitation, or the anonymous caller. Both at once are refused in `dev` mode.
     pub async fn caller(
         &self,
         headers: &HeaderMap,
@@ -211,13 +212,19 @@ impl Authenticator {
         route: &Route,
     ) -> Result<Caller> {
         let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        match self {
-            Authenticator::Dev => dev_caller(store, header(DEV_ROLE_HEADER)).await,
-            Authenticator::Psc(g) => {
-                g.caller(header("authorization"), store, &need(method, route))
-                    .await
-            }
+        let (token, role) = (header("authorization"), header(DEV_ROLE_HEADER));
+        if self.dev && token.is_none() {
+            return dev_caller(store, role).await;
         }
+        if self.dev && role.is_some() {
+            return Err(Error::invalid(
+                "invalid",
+                "send a gateway token or X-Passerelle-Role, not both",
+            ));
+        }
+        self.gateway
+            .caller(token, store, &need(method, route))
+            .await
     }
 }
 

@@ -676,6 +676,7 @@ async fn transaction(
     let mut matched: HashSet<usize> = HashSet::new();
     let mut touched: HashSet<String> = HashSet::new();
     for (i, e) in entries.iter_mut().enumerate() {
+        interaction::admit(fhir, &e.req).map_err(|x| at(i, x))?;
         let target = match (&e.req.method, &e.req.route) {
             (&Method::POST, Route::Type(t)) => {
                 let mut found = None;

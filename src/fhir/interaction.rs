@@ -998,16 +998,36 @@ pub async fn run(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
     run_single(fhir, req).await
 }
 
-/// Runs one request that is not a Bundle.
-pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
-    // the audit trail is read by référents and the system only (and written by nobody: the
-    // CapabilityStatement lists no write, so writes are 405 for everyone)
-    if req.route.resource_type() == Some("AuditEvent")
+/// What no request may do, alone or as a Bundle entry: read the audit trail without the
+/// right (référents and the platform-wide system only; nobody writes it: the
+/// CapabilityStatement lists no write, so writes are 405), or touch patient data anonymously
+/// (contract §4: a `dev` mode caller without a habilitation sets up the directory and
+/// accounts, and never reads or writes patient data).
+pub fn admit(fhir: &Fhir, req: &Req) -> Result<()> {
+    if req.route.resource_type() == Some(audit::TYPE)
         && !matches!(req.route, Route::Operation { .. })
         && !req.is_write()
     {
         fhir.workflow.may_read_audit(&req.caller)?;
     }
+    let patient_data = match &req.route {
+        Route::SystemHistory => true,
+        r => r
+            .resource_type()
+            .is_some_and(|t| crate::audit::PATIENT_DATA.contains(&t)),
+    };
+    if patient_data && matches!(req.caller, Caller::Anonymous) {
+        return Err(Error::Unauthorized(
+            "patient data needs an identified caller: a gateway token, or a habilitation (X-Passerelle-Role) in dev mode"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one request that is not a Bundle.
+pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
+    admit(fhir, &req)?;
     // The hottest read goes through the store's cache, without a pooled connection.
     if let (&Method::GET, Route::Instance(t, id)) = (&req.method, &req.route) {
         fhir.check_type(t, "read")?;

@@ -115,7 +115,7 @@ pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response
         Ok(r) => (r, None),
         Err(e) => (error_response_in(&e, format), Some(e.to_string())),
     };
-    if response.status() == StatusCode::UNAUTHORIZED && !edge.auth.is_dev() {
+    if response.status() == StatusCode::UNAUTHORIZED && (had_token || !edge.auth.is_dev()) {
         // RFC 6750 §3: a bad token is `invalid_token`; no token, just the challenge
         let challenge = if had_token {
             "Bearer realm=\"passerelle\", error=\"invalid_token\""

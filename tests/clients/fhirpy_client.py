@@ -1,14 +1,17 @@
 """Drives Passerelle with fhirpy, a third-party FHIR client, unchanged.
 
-Usage: python fhirpy_client.py BASE_URL   (exit status 0 when every step behaved)
+Usage: python fhirpy_client.py BASE_URL TOKEN   (exit status 0 when every step behaved)
+
+TOKEN is a gateway access token of a system client (`passerelle admin token`).
 """
 import sys
 
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome
 
-base = sys.argv[1]
-client = SyncFHIRClient(base)
+base, token = sys.argv[1], sys.argv[2]
+auth = f"Bearer {token}"
+client = SyncFHIRClient(base, authorization=auth)
 
 # create
 org = client.resource("Organization", name="Hôpital Bichat", identifier=[
@@ -25,12 +28,12 @@ p2.create(identifier="urn:oid:1.2.250.1.213.1.4.10|1840399987654")
 assert p1.id == p2.id, (p1.id, p2.id)
 
 # If-Match: the right version wins, a stale one is refused (412)
-fresh = SyncFHIRClient(base, extra_headers={"If-Match": 'W/"1"'})
+fresh = SyncFHIRClient(base, authorization=auth, extra_headers={"If-Match": 'W/"1"'})
 p = fresh.resource("Patient", **client.reference("Patient", p1.id).to_resource())
 p["gender"] = "male"
 p.save()
 assert p["meta"]["versionId"] == "2", p["meta"]
-stale = SyncFHIRClient(base, extra_headers={"If-Match": 'W/"1"'})
+stale = SyncFHIRClient(base, authorization=auth, extra_headers={"If-Match": 'W/"1"'})
 q = stale.resource("Patient", **client.reference("Patient", p1.id).to_resource())
 q["gender"] = "female"
 try:

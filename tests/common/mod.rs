@@ -27,7 +27,11 @@ pub enum Format {
 
 pub struct Gateway {
     pub base: String,
+    /// Speaks as the system: every request carries the test client's gateway token.
     pub client: reqwest::Client,
+    /// Carries no credentials: for the habilitations of dev mode (`X-Passerelle-Role`) and
+    /// the anonymous caller.
+    pub anon: reqwest::Client,
     pub app: App,
     pub engine: Engine,
     pub format: Format,
@@ -87,6 +91,37 @@ impl Drop for Guard {
 pub fn http_client() -> reqwest::Client {
     passerelle::install_crypto_provider();
     reqwest::Client::new()
+}
+
+/// A reqwest client whose every request carries `Authorization: Bearer <token>`.
+pub fn bearer_client(token: &str) -> reqwest::Client {
+    passerelle::install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// The system client the test gateways register (`tests/data/psc/test-client-es384.*`):
+/// every scope, no structure. Tests speak as it unless they act as a habilitation.
+pub const TEST_CLIENT: &str = "tests";
+
+pub fn test_client_config() -> passerelle::config::ClientConfig {
+    passerelle::config::ClientConfig {
+        client_id: TEST_CLIENT.into(),
+        jwks_file: Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/psc/test-client-es384.jwks.json"),
+        ),
+        jwks_url: None,
+        scopes: vec!["system/*.cruds".into()],
+        organization: None,
+    }
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -149,18 +184,24 @@ pub async fn fresh_database(engine: Engine) -> Option<(String, Guard)> {
 pub struct Options {
     pub clock: Option<ManualClock>,
     pub format: Format,
+    /// System clients registered besides the test client (whose tokens the test mints with
+    /// `gw.app.auth.gateway.issue_for_client`).
+    pub clients: Vec<passerelle::config::ClientConfig>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            clock: None,
+            format: Format::Json,
+            clients: Vec::new(),
+        }
+    }
 }
 
 /// Starts a gateway; `None` when the engine is not available (PostgreSQL without URL).
 pub async fn spawn(engine: Engine) -> Option<Gateway> {
-    spawn_with(
-        engine,
-        Options {
-            clock: None,
-            format: Format::Json,
-        },
-    )
-    .await
+    spawn_with(engine, Options::default()).await
 }
 
 pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
@@ -170,13 +211,15 @@ pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let base = format!("http://{addr}");
-    let config = Config {
+    let mut config = Config {
         database_url: url.clone(),
         listen: addr.to_string(),
         base_url: Some(base.clone()),
         db_pool_size: 4,
         ..Config::default()
     };
+    config.auth.clients = vec![test_client_config()];
+    config.auth.clients.extend(opts.clients.iter().cloned());
     let clock: Arc<dyn Clock> = match &opts.clock {
         Some(c) => Arc::new(c.clone()),
         None => Arc::new(SystemClock),
@@ -192,9 +235,16 @@ pub async fn spawn_with(engine: Engine, opts: Options) -> Option<Gateway> {
         )
         .await;
     });
+    let token = app
+        .auth
+        .gateway
+        .issue_for_client(TEST_CLIENT, "system/*.cruds")
+        .expect("a token for the test client")
+        .access_token;
     Some(Gateway {
         base: format!("{base}/fhir"),
-        client: http_client(),
+        client: bearer_client(&token),
+        anon: http_client(),
         app,
         engine,
         format: opts.format,
@@ -322,9 +372,19 @@ impl Gateway {
         self.acting_as(Some(role))
     }
 
+    /// The same requests, made by nobody (dev mode's anonymous caller).
+    pub fn anonymous(&self) -> Acting<'_> {
+        Acting {
+            gw: self,
+            role: None,
+            system: false,
+        }
+    }
+
     fn acting_as(&self, role: Option<&str>) -> Acting<'_> {
         Acting {
             gw: self,
+            system: role.is_none(),
             role: role.map(|r| {
                 format!(
                     "PractitionerRole/{}",
@@ -353,17 +413,22 @@ impl Gateway {
     }
 }
 
-/// Requests made as one caller.
+/// Requests made as one caller: a habilitation (`role`), the system (the test client's
+/// token), or nobody.
 pub struct Acting<'g> {
     pub gw: &'g Gateway,
     pub role: Option<String>,
+    pub system: bool,
 }
 
 impl Acting<'_> {
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut r = self
-            .gw
-            .client
+        let client = if self.system {
+            &self.gw.client
+        } else {
+            &self.gw.anon
+        };
+        let mut r = client
             .request(method, self.gw.url(path))
             .header("accept", self.gw.mime());
         if let Some(role) = &self.role {
@@ -424,7 +489,10 @@ macro_rules! on_both_engines {
             async fn scenario($gw: common::Gateway) $body
 
             async fn run(engine: common::Engine, format: common::Format) {
-                let opts = common::Options { clock: None, format };
+                let opts = common::Options {
+                    format,
+                    ..Default::default()
+                };
                 if let Some(gw) = common::spawn_with(engine, opts).await {
                     scenario(gw).await;
                 }
@@ -469,6 +537,10 @@ pub struct Process {
     pub base: String,
     pub database_url: String,
     pub port: u16,
+    /// A gateway token of the test client (`passerelle admin token`).
+    pub token: String,
+    /// Its configuration file and signing key.
+    dir: std::path::PathBuf,
 }
 
 pub fn free_port() -> u16 {
@@ -484,12 +556,41 @@ impl Process {
     }
 
     pub async fn start_on(database_url: &str, port: u16) -> Process {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"))
-            .arg("serve")
-            .env("DATABASE_URL", database_url)
-            .env("PASSERELLE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PASSERELLE_LOG", "warn")
-            .env_remove("PASSERELLE_CONFIG")
+        // the test client registered, and a signing key shared with `admin token`
+        let dir = std::env::temp_dir().join(unique("passerelle-process"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let jwks = test_client_config().jwks_file.expect("jwks");
+        let config = dir.join("passerelle.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[auth]\nsigning_key_file = {:?}\n\n[[auth.clients]]\nclient_id = \"{TEST_CLIENT}\"\njwks_file = {:?}\nscopes = [\"system/*.cruds\"]\n",
+                dir.join("signing-key.pem"),
+                jwks
+            ),
+        )
+        .expect("config");
+        let command = |args: &[&str]| {
+            let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_passerelle"));
+            c.args(args)
+                .arg("--config")
+                .arg(&config)
+                .env("DATABASE_URL", database_url)
+                .env("PASSERELLE_LISTEN", format!("127.0.0.1:{port}"))
+                .env("PASSERELLE_LOG", "warn")
+                .env_remove("PASSERELLE_CONFIG");
+            c
+        };
+        let minted = command(&["admin", "token", "--client", TEST_CLIENT])
+            .output()
+            .expect("passerelle admin token");
+        assert!(
+            minted.status.success(),
+            "admin token: {}",
+            String::from_utf8_lossy(&minted.stderr)
+        );
+        let token = String::from_utf8_lossy(&minted.stdout).trim().to_owned();
+        let child = command(&["serve"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("start passerelle");
@@ -498,9 +599,16 @@ impl Process {
             base: format!("http://127.0.0.1:{port}/fhir"),
             database_url: database_url.to_owned(),
             port,
+            token,
+            dir,
         };
         p.wait_ready().await;
         p
+    }
+
+    /// A client speaking as the test client (every request with its token).
+    pub fn client(&self) -> reqwest::Client {
+        bearer_client(&self.token)
     }
 
     /// Polls `/ready` (bounded: 30 s) — start-up time is not what is under test.
@@ -531,5 +639,6 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
