@@ -41,6 +41,7 @@ READY_TIMEOUT=${BENCH_READY_TIMEOUT:-60}
 SEED_TIMEOUT=${BENCH_SEED_TIMEOUT:-900}
 CONCURRENCY="1 16"
 SCENARIOS="read search create transaction" # run order: reads before writes grow the table
+TOKEN="" # Passerelle's runs: a gateway token of the bench's system client (Helios takes none)
 
 case "$SECS" in '' | *[!0-9]*) echo "BENCH_SECONDS must be a whole number of seconds" >&2; exit 2 ;; esac
 [ "$SECS" -ge 1 ] || { echo "BENCH_SECONDS must be at least 1" >&2; exit 2; }
@@ -157,6 +158,7 @@ wrk_run() {
   local stem="$WORK/wrk-$RUN-$engine-$scen-c$c"
   rm -f "$stem.result" "$stem.bad"
   env BENCH_LUA_DIR="$BENCH_DIR/lua" BENCH_PREFIX="$prefix" BENCH_RUN="$RUN" BENCH_CHECK="$check" \
+    BENCH_TOKEN="$TOKEN" \
     BENCH_CHECK_FILE="$stem.bad" BENCH_RESULT="$stem.result" BENCH_OWNERS="$OWNERS" \
     BENCH_TASK_FILE="$WORK/task.json" BENCH_TRANSACTION_FILE="$WORK/transaction.json" \
     BENCH_IDS_FILE="$WORK/ids-$engine.txt" \
@@ -184,9 +186,9 @@ scenarios() {
 # seed ENGINE FHIR_BASE [--lenient]
 seed() {
   local engine=$1 base=$2 lenient=${3:-}
-  tool setup "$base" $lenient || die "$engine: could not create the resources the Tasks point at"
+  BENCH_TOKEN="$TOKEN" tool setup "$base" $lenient || die "$engine: could not create the resources the Tasks point at"
   log "$engine: seeding $TASKS Tasks"
-  tool seed "$base" "$WORK/task.json" "$TASKS" "$OWNERS" "$WORK/ids-$engine.txt" --timeout "$SEED_TIMEOUT" \
+  BENCH_TOKEN="$TOKEN" tool seed "$base" "$WORK/task.json" "$TASKS" "$OWNERS" "$WORK/ids-$engine.txt" --timeout "$SEED_TIMEOUT" \
     >"$WORK/seed-$engine.json" || die "$engine: seeding failed"
   tool record seed "$WORK/seed-$engine.json" engine="$engine" >>"$RESULTS"
 }
@@ -201,13 +203,28 @@ run_passerelle() {
   else
     dburl="postgres://$PG_USER@$PG_HOST:$PG_PORT/$PG_DB"
   fi
+  # The load comes from a registered system client (an establishment's information system),
+  # with every scope and no structure: its token is checked, and every access to patient
+  # data audited, as in production. The token is minted with `passerelle admin token`.
+  cat >"$WORK/passerelle-$engine.toml" <<TOML
+[auth]
+signing_key_file = "$WORK/signing-key-$engine.pem"
+token_lifetime_seconds = 86400
+
+[[auth.clients]]
+client_id = "bench"
+jwks_file = "$REPO/tests/data/psc/test-client-es384.jwks.json"
+scopes = ["system/*.cruds"]
+TOML
   log "$engine: starting Passerelle on $url"
   start=$(date +%s.%N)
   start_server "$WORK" "$WORK/server-$engine.log" PASSERELLE_LISTEN="127.0.0.1:$port" DATABASE_URL="$dburl" \
-    PASSERELLE_LOG=warn "$BIN" serve
+    PASSERELLE_LOG=warn "$BIN" --config "$WORK/passerelle-$engine.toml" serve
   local pid=$SERVER_PID
   tool wait-http "$url/ready" "$READY_TIMEOUT" "$pid" ||
     { tail -20 "$WORK/server-$engine.log" >&2; die "$engine: Passerelle not ready after ${READY_TIMEOUT} s"; }
+  TOKEN=$(env -i PATH="$PATH" DATABASE_URL="$dburl" "$BIN" --config "$WORK/passerelle-$engine.toml" \
+    admin token --client bench) || die "$engine: passerelle admin token failed"
   ready_s=$(python3 -c "import time; print(round(time.time() - $start, 3))")
   tool mem "$pid" >"$WORK/mem-idle-$engine.json"
   seed "$engine" "$url/fhir"
@@ -243,6 +260,7 @@ PY
 
 run_helios() {
   local hfs="$HELIOS_CACHE/bin/hfs" port url start ready_s
+  TOKEN="" # hfs runs without authentication
   mkdir -p "$WORK/helios"
   port=$(tool free-port)
   url="http://127.0.0.1:$port"

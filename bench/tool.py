@@ -143,6 +143,13 @@ class Fhir:
         self.host, self.port = u.hostname, u.port or 80
         self.prefix = u.path.rstrip("/")
         self.conn = None
+        self.headers = {
+            "Content-Type": "application/fhir+json",
+            "Accept": "application/fhir+json",
+        }
+        # Passerelle: a registered system client's gateway token (run.sh's BENCH_TOKEN)
+        if os.environ.get("BENCH_TOKEN"):
+            self.headers["Authorization"] = "Bearer " + os.environ["BENCH_TOKEN"]
 
     def post(self, path, body, timeout=120):
         data = body.encode() if isinstance(body, str) else body
@@ -154,10 +161,7 @@ class Fhir:
                     "POST",
                     (self.prefix + path) or "/",
                     body=data,
-                    headers={
-                        "Content-Type": "application/fhir+json",
-                        "Accept": "application/fhir+json",
-                    },
+                    headers=self.headers,
                 )
                 r = self.conn.getresponse()
                 text = r.read().decode("utf-8", "replace")

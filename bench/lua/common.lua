@@ -9,12 +9,23 @@
 --                    first one is written to BENCH_CHECK_FILE (off during measured runs, since a
 --                    response() callback makes wrk copy every answer into Lua)
 --   BENCH_RESULT     file the JSON summary is written to (printed on stdout too)
+--   BENCH_TOKEN      a gateway access token (Passerelle: a registered system client's); sent as
+--                    `Authorization: Bearer` when set
 
 bench = {}
 
 bench.prefix = os.getenv("BENCH_PREFIX") or "/fhir"
 bench.run = tonumber(os.getenv("BENCH_RUN") or "1") or 1
 bench.check = os.getenv("BENCH_CHECK") == "1"
+bench.token = os.getenv("BENCH_TOKEN")
+
+-- The request headers of a scenario, with the caller's token when there is one.
+function bench.headers(h)
+  if bench.token and bench.token ~= "" then
+    h["Authorization"] = "Bearer " .. bench.token
+  end
+  return h
+end
 
 function bench.read_file(path)
   local f = assert(io.open(path, "rb"), "cannot open " .. tostring(path))

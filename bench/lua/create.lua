@@ -9,10 +9,10 @@ local s, e = string.find(task, marker, 1, true)
 assert(s, "the Task file has no identifier " .. marker)
 local head, tail = string.sub(task, 1, s - 1), string.sub(task, e + 1)
 local path = bench.prefix .. "/Task"
-local headers = {
+local headers = bench.headers({
   ["Content-Type"] = "application/fhir+json",
   ["Accept"] = "application/fhir+json",
-}
+})
 
 function init(args)
   bench.init_thread()

@@ -6,7 +6,7 @@ local ids = bench.read_lines(os.getenv("BENCH_IDS_FILE"))
 assert(#ids > 0, "no ids in " .. tostring(os.getenv("BENCH_IDS_FILE")))
 local paths = {}
 for i, id in ipairs(ids) do paths[i] = bench.prefix .. "/Task/" .. id end
-local headers = { ["Accept"] = "application/fhir+json" }
+local headers = bench.headers({ ["Accept"] = "application/fhir+json" })
 
 function init(args)
   bench.init_thread()

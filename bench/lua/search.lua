@@ -9,7 +9,7 @@ for i = 1, owners do
   paths[i] = string.format(
     "%s/Task?owner=HealthcareService/hs-bench-%02d&status=requested&_count=20", bench.prefix, i)
 end
-local headers = { ["Accept"] = "application/fhir+json" }
+local headers = bench.headers({ ["Accept"] = "application/fhir+json" })
 
 function init(args)
   bench.init_thread()
