@@ -223,7 +223,7 @@ TOML
   local pid=$SERVER_PID
   tool wait-http "$url/ready" "$READY_TIMEOUT" "$pid" ||
     { tail -20 "$WORK/server-$engine.log" >&2; die "$engine: Passerelle not ready after ${READY_TIMEOUT} s"; }
-  TOKEN=$(env -i PATH="$PATH" DATABASE_URL="$dburl" "$BIN" --config "$WORK/passerelle-$engine.toml" \
+  TOKEN=$(env -i PATH="$PATH" DATABASE_URL="$dburl" PASSERELLE_LISTEN="127.0.0.1:$port" "$BIN" --config "$WORK/passerelle-$engine.toml" \
     admin token --client bench) || die "$engine: passerelle admin token failed"
   ready_s=$(python3 -c "import time; print(round(time.time() - $start, 3))")
   tool mem "$pid" >"$WORK/mem-idle-$engine.json"

@@ -15,7 +15,7 @@
 pub mod api;
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::auth::Caller;
@@ -40,7 +40,7 @@ pub const PATIENT_DATA: &[&str] = &[
 const BATCH: usize = 1000;
 
 enum Msg {
-    Event(Value),
+    Row(Box<AuditRow>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -48,20 +48,22 @@ enum Msg {
 #[derive(Clone)]
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
+    clock: std::sync::Arc<dyn crate::time::Clock>,
 }
 
 impl Auditor {
     /// Starts the writer task.
     pub fn start(store: Store) -> Auditor {
         let (tx, mut rx) = mpsc::channel::<Msg>(10_000);
+        let clock = store.clock().clone();
         tokio::spawn(async move {
-            let mut batch: Vec<Value> = Vec::new();
+            let mut batch: Vec<AuditRow> = Vec::new();
             let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
             while let Some(first) = rx.recv().await {
                 let mut next = Some(first);
                 while let Some(m) = next.take() {
                     match m {
-                        Msg::Event(e) => batch.push(e),
+                        Msg::Row(r) => batch.push(*r),
                         Msg::Flush(w) => waiting.push(w),
                     }
                     if batch.len() < BATCH {
@@ -69,8 +71,7 @@ impl Auditor {
                     }
                 }
                 if !batch.is_empty() {
-                    let now = store.clock().now();
-                    let rows: Vec<AuditRow> = batch.drain(..).map(|e| row(&e, now)).collect();
+                    let rows: Vec<AuditRow> = std::mem::take(&mut batch);
                     let n = rows.len();
                     let stored: Result<(), StoreError> = store
                         .write(move |tx| Box::pin(async move { tx.append_audit(rows).await }))
@@ -85,12 +86,17 @@ impl Auditor {
                 }
             }
         });
-        Auditor { tx }
+        Auditor { tx, clock }
     }
 
     /// Records one AuditEvent (its `id` and `meta` are the trail's: any given are dropped).
     pub async fn record(&self, event: Value) {
-        if self.tx.send(Msg::Event(event)).await.is_err() {
+        self.record_row(row(event, self.clock.now())).await;
+    }
+
+    /// Records one event already in the trail's form (`Access::rows`).
+    pub async fn record_row(&self, row: AuditRow) {
+        if self.tx.send(Msg::Row(Box::new(row))).await.is_err() {
             tracing::error!("audit writer stopped: an access was not audited");
         }
     }
@@ -102,6 +108,27 @@ impl Auditor {
             let _ = rx.await;
         }
     }
+}
+
+/// The elements of a resource its audit event names.
+#[derive(serde::Deserialize)]
+struct Seen<'a> {
+    #[serde(rename = "resourceType", borrow)]
+    rtype: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    subject: Option<Ref<'a>>,
+    #[serde(rename = "for", borrow)]
+    for_: Option<Ref<'a>>,
+    #[serde(borrow)]
+    patient: Option<Ref<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Ref<'a> {
+    #[serde(borrow)]
+    reference: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// What one REST request did, gathered by the edge as it goes.
@@ -133,37 +160,74 @@ impl Access {
 
     /// Notes the patients a resource names (itself, `subject`, `for`, `patient`).
     pub fn saw(&mut self, resource: &Value) {
-        let rtype = resource["resourceType"].as_str().unwrap_or_default();
-        if let Some(id) = resource["id"].as_str() {
+        let reference = |k: &str| resource[k]["reference"].as_str();
+        self.note(
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str(),
+            [reference("subject"), reference("for"), reference("patient")],
+        );
+    }
+
+    /// The same, from a resource's JSON text: only the elements it needs are read (a served
+    /// resource is not parsed whole for its audit event).
+    pub fn saw_text(&mut self, text: &str) {
+        match serde_json::from_str::<Seen<'_>>(text) {
+            Ok(s) => {
+                fn r<'s>(x: &'s Option<Ref<'_>>) -> Option<&'s str> {
+                    x.as_ref().and_then(|x| x.reference.as_deref())
+                }
+                self.note(
+                    s.rtype.as_deref().unwrap_or_default(),
+                    s.id.as_deref(),
+                    [r(&s.subject), r(&s.for_), r(&s.patient)],
+                );
+            }
+            // an element of another shape than a Reference: read it whole
+            Err(_) => {
+                if let Ok(v) = serde_json::from_str::<Value>(text) {
+                    self.saw(&v);
+                }
+            }
+        }
+    }
+
+    fn note(&mut self, rtype: &str, id: Option<&str>, references: [Option<&str>; 3]) {
+        if let Some(id) = id {
             self.resource = Some(format!("{rtype}/{id}"));
             if rtype == "Patient" {
                 self.patients.push(format!("Patient/{id}"));
             }
         }
-        for k in ["subject", "for", "patient"] {
-            if let Some(r) = resource[k]["reference"].as_str()
-                && r.starts_with("Patient/")
-                && !self.patients.iter().any(|p| p == r)
-            {
+        for r in references.into_iter().flatten() {
+            if r.starts_with("Patient/") && !self.patients.iter().any(|p| p == r) {
                 self.patients.push(r.to_owned());
             }
         }
     }
 
-    /// The AuditEvents of an answer of `status` (with the error's words, if any): one per
-    /// patient the request touched, as IHE BALP asks, or one when it named none.
-    pub fn events(&self, status: u16, error: Option<&str>, now: i64) -> Vec<Value> {
+    /// The audit rows of an answer of `status` (with the error's words, if any): one event
+    /// per patient the request touched, as IHE BALP asks, or one when it named none.
+    pub fn rows(&self, status: u16, error: Option<&str>, now: i64) -> Vec<AuditRow> {
         if self.patients.len() <= 1 {
-            return vec![self.event(status, error, now, self.patients.first())];
+            return vec![self.row(status, error, now, self.patients.first())];
         }
         self.patients
             .iter()
-            .map(|p| self.event(status, error, now, Some(p)))
+            .map(|p| self.row(status, error, now, Some(p)))
             .collect()
     }
 
-    /// The AuditEvent about one patient (or none).
-    fn event(&self, status: u16, error: Option<&str>, now: i64, patient: Option<&String>) -> Value {
+    /// The event about one patient (or none), written straight from typed parts: one
+    /// allocation for its JSON rather than a tree of values (it is made for every read).
+    fn row(
+        &self,
+        status: u16,
+        error: Option<&str>,
+        now: i64,
+        patient: Option<&String>,
+    ) -> AuditRow {
+        // the instant as written in the event (milliseconds), so the column says the same
+        let now = crate::time::to_millis_precision(now);
         let (subtype, action) = match (self.method.as_str(), &self.route) {
             (_, Some(Route::Root)) => ("transaction", "E"),
             (_, Some(Route::Operation { .. })) => ("operation", "E"),
@@ -184,36 +248,35 @@ impl Access {
             400..=499 => "4",
             _ => "8",
         };
+        let display;
         let who = match &self.caller {
-            Some(Caller::Person(h)) => json!({"reference": h.role}),
-            Some(c) => json!({"display": c.display()}),
-            None => json!({"display": "anonymous"}),
+            Some(Caller::Person(h)) => Who::Reference(&h.role),
+            Some(c) => {
+                display = c.display();
+                Who::Display(&display)
+            }
+            None => Who::Display("anonymous"),
         };
-        let mut user = json!({
-            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
-            "who": who,
-            "requestor": true,
-        });
-        if let Some(a) = &self.address {
-            user["network"] = json!({"address": a, "type": "2"});
-        }
-        let mut entities = Vec::new();
+        let mut entity = Vec::new();
         if let Some(p) = patient {
-            entities.push(json!({
-                "what": {"reference": p},
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}
-            }));
+            entity.push(Entity {
+                what: Some(Reference { reference: p }),
+                r#type: Coding::new(ENTITY_TYPE, "1", "Person"),
+                role: Coding::new(OBJECT_ROLE, "1", "Patient"),
+                query: None,
+            });
         }
-        if let Some(r) = &self.resource
-            && patient != Some(r)
-            && !self.patients.contains(r)
-        {
-            entities.push(json!({
-                "what": {"reference": r},
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource"}
-            }));
+        let resource = self
+            .resource
+            .as_ref()
+            .filter(|r| patient != Some(r) && !self.patients.contains(r));
+        if let Some(r) = resource {
+            entity.push(Entity {
+                what: Some(Reference { reference: r }),
+                r#type: Coding::new(ENTITY_TYPE, "2", "System Object"),
+                role: Coding::new(OBJECT_ROLE, "4", "Domain Resource"),
+                query: None,
+            });
         }
         if subtype == "search-type" || subtype == "operation" && self.resource.is_none() {
             let path = match &self.route {
@@ -226,45 +289,200 @@ impl Access {
                 q.append_pair(k, v);
             }
             let text = format!("{path}?{}", q.finish());
-            entities.push(json!({
-                "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
-                "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
-                "query": base64::engine::general_purpose::STANDARD.encode(text),
-            }));
+            entity.push(Entity {
+                what: None,
+                r#type: Coding::new(ENTITY_TYPE, "2", "System Object"),
+                role: Coding::new(OBJECT_ROLE, "24", "Query"),
+                query: Some(base64::engine::general_purpose::STANDARD.encode(text)),
+            });
         }
-        let mut e = json!({
-            "resourceType": "AuditEvent",
-            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"},
-            "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
-            "action": action,
-            "recorded": format_instant(now),
-            "outcome": outcome,
-            "agent": [user, {
-                "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID"}]},
-                "who": {"display": "Passerelle"},
-                "requestor": false
+        let event = RestEvent {
+            r#type: Coding::new(
+                "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "rest",
+                "Restful Operation",
+            ),
+            subtype: [Code {
+                system: "http://hl7.org/fhir/restful-interaction",
+                code: subtype,
             }],
-            "source": {
-                "observer": {"display": "Passerelle"},
-                "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]
+            action,
+            recorded: format_instant(now),
+            outcome,
+            outcome_desc: error.map(|msg| format!("{status}: {msg}")),
+            purpose_of_event: self.export.then_some([Text { text: "export" }]),
+            agent: (
+                UserAgent {
+                    r#type: Concept {
+                        coding: [Coding::new(
+                            "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                            "IRCP",
+                            "information recipient",
+                        )],
+                    },
+                    who,
+                    requestor: true,
+                    network: self.address.as_deref().map(|address| Network {
+                        address,
+                        r#type: "2",
+                    }),
+                },
+                SourceAgent {
+                    r#type: Concept {
+                        coding: [Coding::new(
+                            "http://dicom.nema.org/resources/ontology/DCM",
+                            "110153",
+                            "Source Role ID",
+                        )],
+                    },
+                    who: Who::Display("Passerelle"),
+                    requestor: false,
+                },
+            ),
+            source: Source {
+                observer: Who::Display("Passerelle"),
+                r#type: [Coding::new(
+                    "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "4",
+                    "Application Server",
+                )],
             },
-        });
-        if self.export {
-            e["purposeOfEvent"] = json!([{"text": "export"}]);
+            entity,
+        };
+        let split = |r: &String| r.split_once('/').map(|(t, i)| (t.to_owned(), i.to_owned()));
+        AuditRow {
+            recorded: now,
+            agent: match &self.caller {
+                Some(Caller::Person(h)) => split(&h.role),
+                _ => None,
+            },
+            patient: patient.and_then(split),
+            entity: resource.and_then(split),
+            kind: (
+                "http://terminology.hl7.org/CodeSystem/audit-event-type".into(),
+                "rest".into(),
+            ),
+            subtype: (
+                "http://hl7.org/fhir/restful-interaction".into(),
+                subtype.into(),
+            ),
+            action: action.into(),
+            outcome: outcome.into(),
+            // a typed value always serialises; an empty object would still be an event
+            body: serde_json::to_string(&event).unwrap_or_else(|_| "{}".into()),
         }
-        if let Some(msg) = error {
-            e["outcomeDesc"] = json!(format!("{status}: {msg}"));
-        }
-        if !entities.is_empty() {
-            e["entity"] = json!(entities);
-        }
-        e
     }
+}
+
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+
+/// The IHE BALP "RESTful" AuditEvent of one access, as written to the trail (without
+/// `resourceType`, `id` and `meta`: the trail adds them when it serves the event).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RestEvent<'a> {
+    r#type: Coding<'a>,
+    subtype: [Code<'a>; 1],
+    action: &'a str,
+    recorded: String,
+    outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome_desc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    purpose_of_event: Option<[Text<'a>; 1]>,
+    agent: (UserAgent<'a>, SourceAgent<'a>),
+    source: Source<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    entity: Vec<Entity<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Coding<'a> {
+    system: &'a str,
+    code: &'a str,
+    display: &'a str,
+}
+
+impl<'a> Coding<'a> {
+    fn new(system: &'a str, code: &'a str, display: &'a str) -> Self {
+        Coding {
+            system,
+            code,
+            display,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Code<'a> {
+    system: &'a str,
+    code: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct Concept<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+struct Text<'a> {
+    text: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Who<'a> {
+    Reference(&'a str),
+    Display(&'a str),
+}
+
+#[derive(serde::Serialize)]
+struct UserAgent<'a> {
+    r#type: Concept<'a>,
+    who: Who<'a>,
+    requestor: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<Network<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct SourceAgent<'a> {
+    r#type: Concept<'a>,
+    who: Who<'a>,
+    requestor: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Network<'a> {
+    address: &'a str,
+    r#type: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct Source<'a> {
+    observer: Who<'a>,
+    r#type: [Coding<'a>; 1],
+}
+
+#[derive(serde::Serialize)]
+struct Entity<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    what: Option<Reference<'a>>,
+    r#type: Coding<'a>,
+    role: Coding<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Reference<'a> {
+    reference: &'a str,
 }
 
 /// The audit table's row of an event: its search columns, and its JSON without `id` and
 /// `meta` (the row's sequence number and time stand for them).
-pub fn row(event: &Value, now: Micros) -> AuditRow {
+pub fn row(mut event: Value, now: Micros) -> AuditRow {
     let recorded = event["recorded"]
         .as_str()
         .and_then(fhir_date_range)
@@ -298,8 +516,10 @@ pub fn row(event: &Value, now: Micros) -> AuditRow {
             v["code"].as_str().unwrap_or_default().to_owned(),
         )
     };
-    let mut body = event.clone();
-    if let Some(o) = body.as_object_mut() {
+    let (kind, subtype) = (coding(&event["type"]), coding(&event["subtype"][0]));
+    let action = event["action"].as_str().unwrap_or_default().to_owned();
+    let outcome = event["outcome"].as_str().unwrap_or_default().to_owned();
+    if let Some(o) = event.as_object_mut() {
         o.remove("resourceType");
         o.remove("id");
         o.remove("meta");
@@ -309,11 +529,11 @@ pub fn row(event: &Value, now: Micros) -> AuditRow {
         agent,
         patient,
         entity,
-        kind: coding(&event["type"]),
-        subtype: coding(&event["subtype"][0]),
-        action: event["action"].as_str().unwrap_or_default().to_owned(),
-        outcome: event["outcome"].as_str().unwrap_or_default().to_owned(),
-        body: body.to_string(),
+        kind,
+        subtype,
+        action,
+        outcome,
+        body: event.to_string(),
     }
 }
 
@@ -342,11 +562,17 @@ mod tests {
         }
     }
 
+    /// An event as served: its row's body with `resourceType`.
+    fn served(r: &AuditRow) -> Value {
+        let mut v: Value = serde_json::from_str(&r.body).unwrap();
+        v["resourceType"] = Value::String("AuditEvent".into());
+        v
+    }
+
     #[test]
     fn a_search_about_two_patients_is_two_events_each_with_its_patient() {
-        let events = search_access().events(200, None, 0);
-        assert_eq!(events.len(), 2);
-        let rows: Vec<AuditRow> = events.iter().map(|e| row(e, 0)).collect();
+        let rows = search_access().rows(200, None, 0);
+        assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].patient, Some(("Patient".into(), "a".into())));
         assert_eq!(rows[1].patient, Some(("Patient".into(), "b".into())));
         for r in &rows {
@@ -355,6 +581,8 @@ mod tests {
             assert_eq!(r.action, "E");
             assert_eq!(r.entity, None);
             assert!(!r.body.contains("resourceType"));
+            // the columns say what the body says
+            assert_eq!(row(served(r), 0), *r);
         }
     }
 
@@ -370,25 +598,30 @@ mod tests {
         refused.export = true;
         for (a, status, error) in [
             (search_access(), 200, None),
-            (read, 200, None),
+            (read.clone(), 200, None),
             (refused, 403, Some("forbidden")),
         ] {
-            for e in a.events(status, error, 1_700_000_000_000_000) {
+            for r in a.rows(status, error, 1_700_000_000_000_000) {
+                let e = served(&r);
                 let issues = crate::fhir::validate::validate_resource(model, &e);
                 assert!(issues.is_empty(), "{e}: {issues:?}");
+                assert_eq!(row(e, 0), r);
             }
         }
-        let r = row(
-            &{
-                let mut a = search_access();
-                a.route = Some(Route::Instance("Task".into(), "t1".into()));
-                a.resource = Some("Task/t1".into());
-                a.patients = vec!["Patient/a".into()];
-                a.events(200, None, 0).remove(0)
-            },
-            0,
-        );
+        let r = read.rows(200, None, 0).remove(0);
         assert_eq!(r.entity, Some(("Task".into(), "t1".into())));
         assert_eq!(r.action, "R");
+    }
+
+    #[test]
+    fn only_what_the_event_names_is_read_from_a_served_resource() {
+        let mut a = Access::default();
+        a.saw_text(r#"{"resourceType":"Task","id":"t1","for":{"reference":"Patient/p1"},"input":[{"valueDecimal":4.50}]}"#);
+        assert_eq!(a.resource.as_deref(), Some("Task/t1"));
+        assert_eq!(a.patients, ["Patient/p1"]);
+        // an element of another shape is read the long way
+        let mut b = Access::default();
+        b.saw_text(r#"{"resourceType":"Patient","id":"p2","patient":[1]}"#);
+        assert_eq!(b.patients, ["Patient/p2"]);
     }
 }

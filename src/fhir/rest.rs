@@ -129,8 +129,8 @@ pub async fn handle(State(edge): State<Arc<Edge>>, request: Request) -> Response
     }
     if access.audited() {
         let now = edge.fhir.store.clock().now();
-        for event in access.events(response.status().as_u16(), error.as_deref(), now) {
-            edge.audit.record(event).await;
+        for row in access.rows(response.status().as_u16(), error.as_deref(), now) {
+            edge.audit.record_row(row).await;
         }
     }
     response
@@ -451,11 +451,7 @@ async fn handle_inner(
 /// Notes for the audit trail which resource and patients an answer carries.
 fn observe(access: &mut Access, resp: &Resp) {
     match &resp.body {
-        Body::Raw(text) if resp.is_resource => {
-            if let Ok(v) = serde_json::from_str::<Value>(text) {
-                access.saw(&v);
-            }
-        }
+        Body::Raw(text) if resp.is_resource => access.saw_text(text),
         Body::Json(v) if v["resourceType"] == "Bundle" && v["type"] == "collection" => {
             for e in v["entry"].as_array().into_iter().flatten() {
                 access.saw(&e["resource"]);
