@@ -1864,6 +1864,33 @@ on_both_engines!(each_place_sees_its_own_requests_only, |gw| {
         .await
         .json();
     assert_eq!(by_id["total"], 0, "{by_id}");
+    // …nor through an include: the patient's parts come without the medical one
+    let with_parts = gw
+        .acting(ADMIN)
+        .get("Patient?_id=pat&_revinclude=QuestionnaireResponse:subject")
+        .await
+        .expect(200)
+        .json();
+    let included: Vec<&str> = with_parts["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    assert_eq!(included.len(), 2, "{with_parts}");
+    assert!(!included.contains(&med_id.as_str()), "{with_parts}");
+    // and the refused read is in the audit trail, as a failure
+    gw.app.audit.flush().await;
+    let refused = gw
+        .acting(REFERENT)
+        .get(&format!(
+            "AuditEvent?agent=PractitionerRole/{ADMIN}&entity=QuestionnaireResponse/{med_id}&outcome=4"
+        ))
+        .await
+        .expect(200)
+        .json();
+    assert_eq!(refused["total"], 1, "{refused}");
     // the labels are the gateway's: a PUT cannot widen them
     let mut d = doc.get(&format!("ServiceRequest/{sr}")).await.json();
     d["meta"]["security"] = json!([{"system": "https://passerelle.dev/fhir/CodeSystem/visibility", "code": "Organization/org-other"}]);

@@ -311,6 +311,18 @@ async fn handle_inner(
         None => negotiate(format.as_deref(), header_str(headers, "accept"))?,
     };
     let route = interaction::route(path)?;
+    // what the request is about, even if it is refused (the answer may name patients too)
+    if let Route::Instance(t, id)
+    | Route::Version(t, id, _)
+    | Route::InstanceHistory(t, id)
+    | Route::Operation {
+        rtype: Some(t),
+        id: Some(id),
+        ..
+    } = &route
+    {
+        access.resource = Some(format!("{t}/{id}"));
+    }
     access.route = Some(route.clone());
     access.query = query
         .iter()
