@@ -521,12 +521,16 @@ pub async fn put_resource(
     mut body: Value,
     method: &str,
 ) -> Result<Stored> {
+    // a new id names nothing yet: no lookup
+    let current = match id {
+        Some(id) => tx.current(rtype, id).await?,
+        None => None,
+    };
     let id = id.map_or_else(new_id, str::to_owned);
     if let Some(b) = body.as_object_mut() {
         b.insert("id".into(), Value::String(id.clone()));
     }
     fhir.check_body(rtype, &body)?;
-    let current = tx.current(rtype, &id).await?;
     let live = current.as_ref().filter(|c| !c.deleted);
     let index = fhir.index(rtype, &body);
     keep(
