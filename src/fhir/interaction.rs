@@ -27,8 +27,10 @@ use crate::workflow::Workflow;
 pub struct Fhir {
     pub model: &'static Model,
     pub registry: Registry,
-    /// The CapabilityStatement served at `/metadata`.
+    /// The CapabilityStatement served at `/metadata`, and its JSON text (clients ask for it at
+    /// start, some before every call: it is written once).
     pub capability: Value,
+    pub capability_text: String,
     pub store: Store,
     /// Public base of the FHIR API, e.g. `https://gw.example.fr/fhir` (no trailing slash).
     pub base: String,
@@ -770,7 +772,11 @@ async fn delete(
 /// Read interactions: read, vread, search, history, metadata, `$validate`.
 pub async fn read(fhir: &Fhir, conn: &mut Conn<'_>, req: &Req) -> Result<Resp> {
     match (&req.method, &req.route) {
-        (&Method::GET, Route::Metadata) => Ok(Resp::json(StatusCode::OK, fhir.capability.clone())),
+        (&Method::GET, Route::Metadata) => {
+            let mut r = Resp::json(StatusCode::OK, Value::Null);
+            r.body = Body::Raw(fhir.capability_text.clone());
+            Ok(r)
+        }
         (&Method::GET, Route::Instance(t, id)) if t == audit::TYPE => {
             fhir.check_type(t, "read")?;
             let cur = audit::read(&fhir.store, id).await?;

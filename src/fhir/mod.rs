@@ -94,6 +94,7 @@ impl Fhir {
         Ok(Fhir {
             model,
             registry,
+            capability_text: capability.to_string(),
             capability,
             store,
             base,
