@@ -281,26 +281,9 @@ impl Gateway {
         if requested.trim().is_empty() {
             return Err(TokenError::new(400, "invalid_scope", "scope is required"));
         }
-        let granted = scope::grant(&requested, &client.scopes);
-        if granted.is_empty() {
-            return Err(TokenError::new(
-                400,
-                "invalid_scope",
-                "none of the requested scopes is granted to this client",
-            ));
-        }
-        let scope = granted.join(" ");
-        let mut claims = self.claims(client.client_id.clone(), scope.clone());
-        claims.client_id = Some(client.client_id.clone());
-        let token = self.sign(&claims)?;
-        tracing::info!(client_id = %client.client_id, %scope, "gateway token issued to a system client");
-        Ok(Issued {
-            access_token: token,
-            token_type: "Bearer",
-            expires_in: self.token_lifetime,
-            scope,
-            issued_token_type: None,
-        })
+        let issued = self.issue_for_client(&client.client_id, &requested)?;
+        tracing::info!(client_id = %client.client_id, scope = %issued.scope, "gateway token issued to a system client");
+        Ok(issued)
     }
 
     /// Checks a client assertion: a registered client (`iss` = `sub` = `client_id`), signed

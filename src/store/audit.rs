@@ -237,7 +237,7 @@ fn filter(sql: &mut Sql, f: &Filter, columns: Columns) -> Result<(), LogQueryErr
         Filter::LastUpdated(bounds) => {
             sql.push("(1 = 1");
             for (cmp, t) in bounds {
-                let _ = write!(sql.text, " AND recorded {} ", cmp_sql(*cmp));
+                let _ = write!(sql.text, " AND recorded {} ", cmp.sql());
                 sql.bind(Arg::Int(*t));
             }
             sql.push(")");
@@ -344,7 +344,7 @@ fn has(
             sql.push("(1 = 1");
             for ch in checks {
                 // an event's time is one instant: its range is [recorded, recorded]
-                let _ = write!(sql.text, " AND recorded {} ", cmp_sql(ch.cmp));
+                let _ = write!(sql.text, " AND recorded {} ", ch.cmp.sql());
                 sql.bind(ch.value.clone());
             }
             sql.push(")");
@@ -362,7 +362,7 @@ fn has(
                         "target_id" => format!("{n}_id"),
                         _ => return Err(unsupported()),
                     };
-                    let _ = write!(sql.text, " AND {col} {} ", cmp_sql(ch.cmp));
+                    let _ = write!(sql.text, " AND {col} {} ", ch.cmp.sql());
                     sql.bind(ch.value.clone());
                 }
                 sql.push(")");
@@ -384,7 +384,7 @@ fn has(
                     }
                     _ => return Err(unsupported()),
                 };
-                let _ = write!(sql.text, " AND {col} {} ", cmp_sql(ch.cmp));
+                let _ = write!(sql.text, " AND {col} {} ", ch.cmp.sql());
                 sql.bind(ch.value.clone());
             }
             sql.push(")");
@@ -392,19 +392,6 @@ fn has(
         _ => return Err(unsupported()),
     }
     Ok(())
-}
-
-fn cmp_sql(c: super::query::Cmp) -> &'static str {
-    use super::query::Cmp;
-    match c {
-        Cmp::Eq => "=",
-        Cmp::Ne => "<>",
-        Cmp::Lt => "<",
-        Cmp::Le => "<=",
-        Cmp::Gt => ">",
-        Cmp::Ge => ">=",
-        Cmp::Like => "LIKE",
-    }
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub enum Cmp {
 }
 
 impl Cmp {
-    fn sql(self) -> &'static str {
+    pub(super) fn sql(self) -> &'static str {
         match self {
             Cmp::Eq => "=",
             Cmp::Ne => "<>",
