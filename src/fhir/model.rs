@@ -16,6 +16,111 @@ pub enum Kind {
     Backbone,
 }
 
+/// A FHIR primitive type, for the checks of its lexical form (`validate::check_text`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Primitive {
+    Base64Binary,
+    Boolean,
+    Canonical,
+    Code,
+    Date,
+    DateTime,
+    Decimal,
+    Id,
+    Instant,
+    Integer,
+    Markdown,
+    Oid,
+    PositiveInt,
+    String,
+    Time,
+    UnsignedInt,
+    Uri,
+    Url,
+    Uuid,
+    Xhtml,
+}
+
+impl Primitive {
+    /// The primitive type named `name` (`dateTime`), if it is one of R4's.
+    pub fn of(name: &str) -> Option<Primitive> {
+        Some(match name {
+            "base64Binary" => Primitive::Base64Binary,
+            "boolean" => Primitive::Boolean,
+            "canonical" => Primitive::Canonical,
+            "code" => Primitive::Code,
+            "date" => Primitive::Date,
+            "dateTime" => Primitive::DateTime,
+            "decimal" => Primitive::Decimal,
+            "id" => Primitive::Id,
+            "instant" => Primitive::Instant,
+            "integer" => Primitive::Integer,
+            "markdown" => Primitive::Markdown,
+            "oid" => Primitive::Oid,
+            "positiveInt" => Primitive::PositiveInt,
+            "string" => Primitive::String,
+            "time" => Primitive::Time,
+            "unsignedInt" => Primitive::UnsignedInt,
+            "uri" => Primitive::Uri,
+            "url" => Primitive::Url,
+            "uuid" => Primitive::Uuid,
+            "xhtml" => Primitive::Xhtml,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Primitive::Base64Binary => "base64Binary",
+            Primitive::Boolean => "boolean",
+            Primitive::Canonical => "canonical",
+            Primitive::Code => "code",
+            Primitive::Date => "date",
+            Primitive::DateTime => "dateTime",
+            Primitive::Decimal => "decimal",
+            Primitive::Id => "id",
+            Primitive::Instant => "instant",
+            Primitive::Integer => "integer",
+            Primitive::Markdown => "markdown",
+            Primitive::Oid => "oid",
+            Primitive::PositiveInt => "positiveInt",
+            Primitive::String => "string",
+            Primitive::Time => "time",
+            Primitive::UnsignedInt => "unsignedInt",
+            Primitive::Uri => "uri",
+            Primitive::Url => "url",
+            Primitive::Uuid => "uuid",
+            Primitive::Xhtml => "xhtml",
+        }
+    }
+
+    /// A JSON number (the others but `boolean` are JSON strings).
+    pub fn is_numeric(self) -> bool {
+        matches!(
+            self,
+            Primitive::Integer
+                | Primitive::PositiveInt
+                | Primitive::UnsignedInt
+                | Primitive::Decimal
+        )
+    }
+}
+
+/// A type definition's place in the model (`Model::type_at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeId(u32);
+
+/// An element's type, resolved once when the model is loaded, so that walking a resource
+/// does not look type names up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeRef {
+    Primitive(Primitive),
+    /// A complex, backbone or resource type.
+    Defined(TypeId),
+    /// A name the model does not define (none in R4).
+    Unknown,
+}
+
 #[derive(Debug)]
 pub struct ElementDef {
     /// The JSON name, without `[x]` for a choice.
@@ -23,6 +128,8 @@ pub struct ElementDef {
     pub choice: bool,
     /// Type codes (`string`, `Reference`, `Task.input` for a backbone, `Resource`).
     pub types: Vec<String>,
+    /// `types`, resolved (same order).
+    pub refs: Vec<TypeRef>,
     pub min: u32,
     /// `max` is `*` (an array in JSON).
     pub many: bool,
@@ -39,26 +146,40 @@ pub struct TypeDef {
     pub is_abstract: bool,
     pub elements: Vec<ElementDef>,
     by_name: HashMap<String, usize, NameHash>,
+    /// Every key an element can have in JSON (its name, or for a choice its name and each
+    /// type: `valueString`) → the element's position and the type's place in `types`.
+    keys: HashMap<Box<str>, (u32, u32), NameHash>,
+}
+
+/// What a JSON key (or XML element name) names in a type: see `TypeDef::child`.
+#[derive(Debug, Clone, Copy)]
+pub struct Child<'a> {
+    /// The element's position in specification order.
+    pub pos: usize,
+    pub el: &'a ElementDef,
+    /// The concrete type (for a choice, the one the key names).
+    pub ty: &'a str,
+    pub ty_ref: TypeRef,
 }
 
 impl TypeDef {
+    /// The element a JSON key names, its position and concrete type (`valueString` →
+    /// `value[x]`, `string`): one hash lookup.
+    pub fn child(&self, key: &str) -> Option<Child<'_>> {
+        let &(i, t) = self.keys.get(key)?;
+        let el = self.elements.get(i as usize)?;
+        Some(Child {
+            pos: i as usize,
+            el,
+            ty: el.types.get(t as usize)?.as_str(),
+            ty_ref: el.refs.get(t as usize).copied().unwrap_or(TypeRef::Unknown),
+        })
+    }
+
     /// The element a JSON key names, with the concrete type for a choice (`valueString` →
     /// `value[x]`, `string`).
     pub fn element<'a>(&'a self, key: &str) -> Option<(&'a ElementDef, &'a str)> {
-        if let Some(&i) = self.by_name.get(key) {
-            let e = &self.elements[i];
-            if !e.choice {
-                return Some((e, e.types.first().map_or("", String::as_str)));
-            }
-        }
-        for e in self.elements.iter().filter(|e| e.choice) {
-            if let Some(suffix) = key.strip_prefix(e.name.as_str())
-                && let Some(t) = e.types.iter().find(|t| type_suffix_matches(t, suffix))
-            {
-                return Some((e, t.as_str()));
-            }
-        }
-        None
+        self.child(key).map(|c| (c.el, c.ty))
     }
 
     /// The element named `name` (a choice by its bare name).
@@ -68,8 +189,7 @@ impl TypeDef {
 
     /// Position of an element in specification order (for XML output and `_elements`).
     pub fn order_of(&self, key: &str) -> Option<usize> {
-        let (e, _) = self.element(key)?;
-        self.by_name.get(&e.name).copied()
+        self.child(key).map(|c| c.pos)
     }
 }
 
@@ -121,7 +241,8 @@ impl Hasher for NameHasher {
 type NameHash = BuildHasherDefault<NameHasher>;
 
 pub struct Model {
-    types: HashMap<String, TypeDef, NameHash>,
+    types: Vec<TypeDef>,
+    index: HashMap<String, TypeId, NameHash>,
     primitives: HashSet<String, NameHash>,
 }
 
@@ -163,10 +284,28 @@ impl Model {
         })
     }
 
-    fn parse(text: &str) -> Result<Model, serde_json::Error> {
-        let raw: RawModel = serde_json::from_str(text)?;
-        let mut types = HashMap::with_capacity_and_hasher(raw.types.len(), NameHash::default());
-        for (name, t) in raw.types {
+    fn parse(text: &str) -> Result<Model, String> {
+        let raw: RawModel = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(p) = raw.primitives.iter().find(|p| Primitive::of(p).is_none()) {
+            return Err(format!("`{p}` is not an R4 primitive type"));
+        }
+        let primitives: HashSet<String, NameHash> = raw.primitives.into_iter().collect();
+        let mut raw_types: Vec<(String, RawType)> = raw.types.into_iter().collect();
+        // the same places from one load to the next
+        raw_types.sort_by(|a, b| a.0.cmp(&b.0));
+        let index: HashMap<String, TypeId, NameHash> = raw_types
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| (name.clone(), TypeId(i as u32)))
+            .collect();
+        let resolve = |t: &str| match Primitive::of(t) {
+            Some(p) if primitives.contains(t) => TypeRef::Primitive(p),
+            _ => index
+                .get(t)
+                .map_or(TypeRef::Unknown, |&id| TypeRef::Defined(id)),
+        };
+        let mut types = Vec::with_capacity(raw_types.len());
+        for (name, t) in raw_types {
             let kind = match t.kind.as_str() {
                 "resource" => Kind::Resource,
                 "backbone" => Kind::Backbone,
@@ -180,6 +319,7 @@ impl Model {
                     ElementDef {
                         name: e.n.trim_end_matches("[x]").to_owned(),
                         choice,
+                        refs: e.t.iter().map(|t| resolve(t)).collect(),
                         types: e.t,
                         min: e.min,
                         many: e.max == "*",
@@ -193,25 +333,47 @@ impl Model {
                 .enumerate()
                 .map(|(i, e)| (e.name.clone(), i))
                 .collect();
-            types.insert(
-                name.clone(),
-                TypeDef {
-                    name,
-                    kind,
-                    is_abstract: t.is_abstract,
-                    elements,
-                    by_name,
-                },
-            );
+            // A plain element's name wins over a choice's key; between choices, the first.
+            let mut keys = HashMap::default();
+            for (i, e) in elements.iter().enumerate().filter(|(_, e)| !e.choice) {
+                keys.insert(e.name.as_str().into(), (i as u32, 0));
+            }
+            for (i, e) in elements.iter().enumerate().filter(|(_, e)| e.choice) {
+                for (j, t) in e.types.iter().enumerate() {
+                    let mut chars = t.chars();
+                    let key: String = match chars.next() {
+                        Some(first) => {
+                            format!("{}{}{}", e.name, first.to_ascii_uppercase(), chars.as_str())
+                        }
+                        None => continue,
+                    };
+                    keys.entry(key.into_boxed_str())
+                        .or_insert((i as u32, j as u32));
+                }
+            }
+            types.push(TypeDef {
+                name,
+                kind,
+                is_abstract: t.is_abstract,
+                elements,
+                by_name,
+                keys,
+            });
         }
         Ok(Model {
             types,
-            primitives: raw.primitives.into_iter().collect(),
+            index,
+            primitives,
         })
     }
 
     pub fn get(&self, name: &str) -> Option<&TypeDef> {
-        self.types.get(name)
+        self.index.get(name).map(|&id| self.type_at(id))
+    }
+
+    /// The type an element's `TypeRef::Defined` names.
+    pub fn type_at(&self, id: TypeId) -> &TypeDef {
+        &self.types[id.0 as usize]
     }
 
     pub fn is_primitive(&self, t: &str) -> bool {
@@ -220,8 +382,7 @@ impl Model {
 
     /// A concrete resource type (`Task`, not `DomainResource`).
     pub fn is_resource_type(&self, name: &str) -> bool {
-        self.types
-            .get(name)
+        self.get(name)
             .is_some_and(|t| t.kind == Kind::Resource && !t.is_abstract)
     }
 }
@@ -262,5 +423,46 @@ mod tests {
             .element("item")
             .unwrap();
         assert_eq!(item.types, vec!["Questionnaire.item".to_owned()]);
+    }
+
+    #[test]
+    fn keys_are_resolved_once() {
+        let m = Model::r4();
+        let input = m.get("Task.input").unwrap();
+        assert!(
+            input.child("value").is_none(),
+            "a choice's bare name is no key"
+        );
+        let c = input.child("valueCodeableConcept").unwrap();
+        assert_eq!((c.el.name.as_str(), c.ty), ("value", "CodeableConcept"));
+        assert!(
+            matches!(c.ty_ref, TypeRef::Defined(id) if m.type_at(id).name == "CodeableConcept")
+        );
+        let c = input.child("valueDate").unwrap();
+        assert_eq!(c.ty_ref, TypeRef::Primitive(Primitive::Date));
+        assert_eq!(c.pos, input.by_name.get("value").copied().unwrap());
+        // every element of every type answers to its keys, with the type the key names
+        for def in &m.types {
+            for (i, e) in def.elements.iter().enumerate() {
+                for (j, t) in e.types.iter().enumerate() {
+                    let key = if e.choice {
+                        let mut c = t.chars();
+                        let first = c.next().unwrap().to_ascii_uppercase();
+                        format!("{}{first}{}", e.name, c.as_str())
+                    } else if j == 0 {
+                        e.name.clone()
+                    } else {
+                        continue;
+                    };
+                    let c = def.child(&key).unwrap();
+                    assert_eq!((c.pos, c.ty), (i, t.as_str()), "{}.{key}", def.name);
+                    assert_ne!(c.ty_ref, TypeRef::Unknown, "{}.{key}", def.name);
+                    assert_eq!(
+                        c.ty_ref == TypeRef::Primitive(Primitive::Xhtml),
+                        t == "xhtml"
+                    );
+                }
+            }
+        }
     }
 }
