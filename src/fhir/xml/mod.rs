@@ -3,10 +3,11 @@
 //!
 //! Writing walks the JSON value once straight into a `String`, putting each object's
 //! elements in specification order (the model's), not the JSON key order. Reading is a
-//! single pass over quick-xml's namespace-aware events that builds the `serde_json::Value` a
-//! client would have sent as JSON: arrays where the element repeats, numbers keeping their
-//! lexical text, `id` and extensions of primitives as `_name` partners. For valid resources
-//! the two are exact inverses.
+//! single pass over the tokens of our own strict tokenizer (`lex`: quick-xml's events,
+//! attribute iterators and namespace resolver were more than half of the cost) that builds
+//! the `serde_json::Value` a client would have sent as JSON: arrays where the element
+//! repeats, numbers keeping their lexical text, `id` and extensions of primitives as `_name`
+//! partners. For valid resources the two are exact inverses.
 //!
 //! Reading is strict: the FHIR namespace, known elements in specification order, primitive
 //! values in their lexical form, no text outside the narrative, no DTD and no entities
@@ -15,12 +16,11 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
-
-use super::model::{ElementDef, Model, TypeDef};
+use super::model::ElementDef;
 use super::validate::MAX_DEPTH;
 
 mod div;
+mod lex;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -35,8 +35,6 @@ pub const FHIR_NS: &str = "http://hl7.org/fhir";
 pub const XHTML_NS: &str = "http://www.w3.org/1999/xhtml";
 /// `xsi:schemaLocation` and friends are tolerated on resource elements.
 const XSI_NS: &str = "http://www.w3.org/2001/XMLSchema-instance";
-/// What a primitive without id or extensions has as its `_name` partner.
-static EMPTY_MAP: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
 const DECLARATION: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 /// Deepest element nesting read or written (what `json::parse_resource` allows for JSON).
 const MAX_XML_DEPTH: usize = MAX_DEPTH + 4;
@@ -197,87 +195,6 @@ impl<'a> At<'a> {
     }
 }
 
-/// The element a JSON key (or XML element name) names among `def.elements[range]`, with its
-/// position and concrete type: what `TypeDef::element` answers, found by scanning from where
-/// the previous key was. Keys come in specification order (always in XML, usually in JSON),
-/// so this is a few short comparisons instead of hashing.
-fn scan<'m>(
-    def: &'m TypeDef,
-    range: std::ops::Range<usize>,
-    key: &str,
-) -> Option<(usize, &'m ElementDef, &'m str)> {
-    let elements = def.elements.get(range.clone())?;
-    for (i, e) in elements.iter().enumerate() {
-        if !e.choice {
-            if e.name == key {
-                return Some((
-                    range.start + i,
-                    e,
-                    e.types.first().map_or("", String::as_str),
-                ));
-            }
-        } else if let Some(suffix) = key.strip_prefix(e.name.as_str())
-            && let Some(t) = e.types.iter().find(|t| type_suffix_matches(t, suffix))
-        {
-            return Some((range.start + i, e, t.as_str()));
-        }
-    }
-    None
-}
-
-/// Like `scan` over the whole type, starting at `from` and wrapping around.
-fn find<'m>(def: &'m TypeDef, from: usize, key: &str) -> Option<(usize, &'m ElementDef, &'m str)> {
-    let from = from.min(def.elements.len());
-    scan(def, from..def.elements.len(), key).or_else(|| scan(def, 0..from, key))
-}
-
-use super::model::type_suffix_matches;
-
-/// What an element's type is, with one hash lookup: FHIR primitive type names start with a
-/// lower-case letter, the others (complex, backbone, resource) with a capital.
-#[derive(Clone, Copy)]
-enum TypeOf<'m> {
-    Primitive,
-    Defined(&'m TypeDef),
-    Unknown,
-}
-
-/// `type_of` remembered by the address of the type name in the model (a few dozen types
-/// recur in a document): a direct-mapped table of 256 slots, no hashing of the name.
-struct TypeCache<'m> {
-    slots: [(usize, TypeOf<'m>); 256],
-}
-
-impl<'m> TypeCache<'m> {
-    fn new() -> TypeCache<'m> {
-        TypeCache {
-            slots: [(0, TypeOf::Unknown); 256],
-        }
-    }
-
-    fn get(&mut self, model: &'m Model, ty: &'m str) -> TypeOf<'m> {
-        let key = ty.as_ptr() as usize;
-        // Fibonacci hashing of the address: its low bits are mostly alignment.
-        let slot = &mut self.slots
-            [key.wrapping_mul(0x9E37_79B9_7F4A_7C15_u64 as usize) >> (usize::BITS - 8)];
-        if slot.0 != key {
-            *slot = (key, type_of(model, ty));
-        }
-        slot.1
-    }
-}
-
-fn type_of<'m>(model: &'m Model, ty: &str) -> TypeOf<'m> {
-    if ty.starts_with(|c: char| c.is_ascii_lowercase()) {
-        if model.is_primitive(ty) {
-            return TypeOf::Primitive;
-        }
-    } else if let Some(def) = model.get(ty) {
-        return TypeOf::Defined(def);
-    }
-    TypeOf::Unknown
-}
-
 /// `value[x]` for a choice, else the element name.
 fn display_name(el: &ElementDef) -> String {
     if el.choice {
@@ -285,8 +202,4 @@ fn display_name(el: &ElementDef) -> String {
     } else {
         el.name.clone()
     }
-}
-
-fn is_numeric(ty: &str) -> bool {
-    matches!(ty, "integer" | "positiveInt" | "unsignedInt" | "decimal")
 }

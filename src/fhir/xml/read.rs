@@ -1,89 +1,16 @@
-//! Reading: one pass over the document that builds the JSON value a client would have sent.
+//! Reading: one pass over the tokens of `lex` that builds the JSON value a client would have
+//! sent: arrays where the element repeats, numbers keeping their lexical text, `id` and
+//! extensions of primitives as `_name` partners.
 
 use std::borrow::Cow;
 
-use quick_xml::events::attributes::Attribute;
-use quick_xml::events::{BytesStart, Event};
-use quick_xml::name::{NamespaceResolver, ResolveResult};
-use quick_xml::reader::Reader;
 use serde_json::{Map, Value};
 
-use super::div::{AttrProblem, Canon, DivKind, attribute_value, describe_ns, offset, walk_div};
-use super::{
-    At, FHIR_NS, Location, MAX_XML_DEPTH, TypeCache, TypeOf, XHTML_NS, XSI_NS, XmlError,
-    display_name, is_numeric, scan,
-};
-use crate::fhir::model::{ElementDef, Kind, Model, TypeDef};
-use crate::fhir::validate::{check_lexical, check_primitive};
-
-/// quick-xml's plain `Reader` with a `NamespaceResolver` kept as its `NsReader` keeps it,
-/// except that an element's attributes are parsed for namespace declarations only when its
-/// tag contains `xmlns`: `NsReader` parses every element's attributes for that, and this
-/// module then parses them again for `value`, `id` and `url`.
-pub(super) struct XmlReader<'i> {
-    r: Reader<&'i [u8]>,
-    ns: NamespaceResolver,
-    /// The scope of the last `Empty` or `End` element ends before the next event.
-    pending_pop: bool,
-}
-
-impl<'i> XmlReader<'i> {
-    pub(super) fn from_str(text: &'i str) -> XmlReader<'i> {
-        XmlReader {
-            r: Reader::from_str(text),
-            ns: NamespaceResolver::default(),
-            pending_pop: false,
-        }
-    }
-
-    pub(super) fn read_event(&mut self) -> quick_xml::Result<Event<'i>> {
-        if self.pending_pop {
-            self.ns.pop();
-            self.pending_pop = false;
-        }
-        let ev = self.r.read_event()?;
-        match &ev {
-            Event::Start(e) => self.push(e)?,
-            Event::Empty(e) => {
-                self.push(e)?;
-                self.pending_pop = true;
-            }
-            Event::End(_) => self.pending_pop = true,
-            _ => {}
-        }
-        Ok(ev)
-    }
-
-    fn push(&mut self, e: &BytesStart) -> quick_xml::Result<()> {
-        // A declaration is an attribute named `xmlns` or `xmlns:…`; names hold no references.
-        // (A byte loop: `str::contains` sets up a substring searcher for every tag.)
-        let raw = e.attributes_raw().as_bytes();
-        if raw
-            .iter()
-            .enumerate()
-            .any(|(i, &b)| b == b'x' && raw.get(i + 1..i + 5) == Some(b"mlns"))
-        {
-            return Ok(self.ns.push(e)?);
-        }
-        let level = self.ns.level().checked_add(1).ok_or(
-            quick_xml::name::NamespaceError::TooDeeplyNested(usize::from(u16::MAX)),
-        )?;
-        self.ns.set_level(level);
-        Ok(())
-    }
-
-    pub(super) fn resolver(&self) -> &NamespaceResolver {
-        &self.ns
-    }
-
-    pub(super) fn buffer_position(&self) -> u64 {
-        self.r.buffer_position()
-    }
-
-    pub(super) fn error_position(&self) -> u64 {
-        self.r.error_position()
-    }
-}
+use super::div::{Canon, DivKind, walk_div};
+use super::lex::{Attr, AttrProblem, Decl, LexError, LexKind, Lexer, Ns, Start, Text, Token};
+use super::{At, FHIR_NS, Location, MAX_XML_DEPTH, XHTML_NS, XmlError, display_name};
+use crate::fhir::model::{ElementDef, Kind, Model, Primitive, TypeDef, TypeRef};
+use crate::fhir::validate::{check_primitive, check_text};
 
 /// Reads a FHIR XML document into the JSON form of the resource (not validated beyond what
 /// the XML form itself requires; run `validate::validate_resource` on the result).
@@ -107,20 +34,17 @@ fn read(model: &Model, text: &str) -> Res<Value> {
     let mut p = Parser {
         model,
         text,
-        r: XmlReader::from_str(text),
+        lx: Lexer::new(text),
         element,
         extension,
-        types: TypeCache::new(),
     };
     // The prolog: the declaration, comments, processing instructions, blank text.
     let root = loop {
-        let pos = p.pos();
         match p.next()? {
-            Event::Start(e) => break p.resource(&e, false, pos, None, None, 0)?,
-            Event::Empty(e) => break p.resource(&e, true, pos, None, None, 0)?,
-            Event::Eof => return Err(p.structure(None, pos, "no root element".into())),
-            Event::Decl(d) => {
-                if let Some(Ok(enc)) = d.encoding()
+            Token::Start(s) => break p.resource(&s, None, None, 0)?,
+            Token::Eof { pos } => return Err(p.structure(None, pos, "no root element".into())),
+            Token::Decl { encoding, pos } => {
+                if let Some(enc) = encoding
                     && !enc.eq_ignore_ascii_case("utf-8")
                 {
                     return Err(p.structure(
@@ -130,34 +54,34 @@ fn read(model: &Model, text: &str) -> Res<Value> {
                     ));
                 }
             }
-            Event::Comment(_) | Event::PI(_) => {}
-            Event::Text(t) if is_blank(&t) => {}
-            Event::DocType(_) => return Err(p.forbidden(None, pos, "a DOCTYPE (DTD)")),
-            Event::Text(_) | Event::CData(_) | Event::GeneralRef(_) => {
+            Token::Comment | Token::Pi => {}
+            Token::Text(t) if t.blank => {}
+            Token::DocType { pos } => return Err(p.forbidden(None, pos, "a DOCTYPE (DTD)")),
+            Token::Text(Text { pos, .. }) | Token::CData { pos, .. } => {
                 return Err(Box::new(XmlError::Text {
                     at: p.loc(None, pos),
                 }));
             }
-            Event::End(_) => return Err(p.syntax(pos, "misplaced end tag".into())),
+            // the lexer matches end tags with start tags
+            Token::End { .. } => {
+                let pos = p.lx.pos();
+                return Err(p.syntax(pos, "misplaced end tag".into()));
+            }
         }
     };
     // The epilog: comments, processing instructions, blank text.
     loop {
-        let pos = p.pos();
+        let pos = p.lx.pos();
         match p.next()? {
-            Event::Eof => return Ok(root),
-            Event::Comment(_) | Event::PI(_) => {}
-            Event::Text(t) if is_blank(&t) => {}
-            Event::DocType(_) => return Err(p.forbidden(None, pos, "a DOCTYPE (DTD)")),
+            Token::Eof { .. } => return Ok(root),
+            Token::Comment | Token::Pi => {}
+            Token::Text(t) if t.blank => {}
+            Token::DocType { pos } => return Err(p.forbidden(None, pos, "a DOCTYPE (DTD)")),
             _ => {
                 return Err(p.structure(None, pos, "content after the root element".into()));
             }
         }
     }
-}
-
-fn is_blank(s: &str) -> bool {
-    s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 /// The 1-based line and column (in characters) of byte `pos` of `text`.
@@ -180,33 +104,21 @@ fn line_col(text: &str, pos: usize) -> (usize, usize) {
 /// Reading errors are boxed: a large error type makes every `?` on the hot path copy it.
 type Res<T> = Result<T, Box<XmlError>>;
 
-/// Namespace of an element, as far as the checks need it.
-enum Ns {
-    Fhir,
-    Xhtml,
-    Other(String),
-}
-
 struct Parser<'i, 'm> {
     model: &'m Model,
     text: &'i str,
-    r: XmlReader<'i>,
+    lx: Lexer<'i>,
     element: &'m TypeDef,
     extension: &'m TypeDef,
-    types: TypeCache<'m>,
 }
 
 /// The next piece of element-only content.
 enum Content<'i> {
-    Open(BytesStart<'i>, bool, usize),
+    Open(Start<'i>),
     Close,
 }
 
 impl<'i, 'm> Parser<'i, 'm> {
-    fn pos(&self) -> usize {
-        offset(self.r.buffer_position())
-    }
-
     fn loc(&self, at: Option<&At>, pos: usize) -> Location {
         let (line, column) = line_col(self.text, pos);
         Location {
@@ -237,46 +149,42 @@ impl<'i, 'm> Parser<'i, 'm> {
         })
     }
 
-    fn next(&mut self) -> Res<Event<'i>> {
-        self.r.read_event().map_err(|e| {
-            let pos = offset(self.r.error_position());
-            self.syntax(pos, e.to_string())
-        })
-    }
-
-    fn ns_of(&self, e: &BytesStart) -> Ns {
-        match self.r.resolver().resolve_element(e.name()).0 {
-            ResolveResult::Bound(n) if n.0 == FHIR_NS => Ns::Fhir,
-            ResolveResult::Bound(n) if n.0 == XHTML_NS => Ns::Xhtml,
-            other => Ns::Other(describe_ns(&other)),
+    fn lex_error(&self, e: LexError) -> Box<XmlError> {
+        match e.kind {
+            LexKind::Syntax(message) => self.syntax(e.pos, message),
+            LexKind::Forbidden(what) => self.forbidden(None, e.pos, &what),
         }
     }
 
-    fn namespace_err(
-        &self,
-        e: &BytesStart,
-        ns: Ns,
-        at: &At,
-        pos: usize,
-        expected: &'static str,
-    ) -> Box<XmlError> {
+    fn next(&mut self) -> Res<Token<'i>> {
+        self.lx.next().map_err(|e| self.lex_error(e))
+    }
+
+    /// The attributes of the start tag just read; an entity that is not predefined is
+    /// reported at the element.
+    fn attrs(&self, at: &At, pos: usize) -> Res<&[Attr<'i>]> {
+        self.lx
+            .attrs()
+            .map_err(|AttrProblem(what)| self.forbidden(Some(at), pos, &what))
+    }
+
+    fn namespace_err(&self, e: &Start, at: &At, expected: &'static str) -> Box<XmlError> {
         Box::new(XmlError::Namespace {
-            at: self.loc(Some(at), pos),
-            name: e.name().into_inner().to_owned(),
-            namespace: match ns {
+            at: self.loc(Some(at), e.pos),
+            name: e.name.to_owned(),
+            namespace: match e.ns {
                 Ns::Fhir => FHIR_NS.to_owned(),
                 Ns::Xhtml => XHTML_NS.to_owned(),
-                Ns::Other(s) => s,
+                _ => self.lx.describe(e.prefix),
             },
             expected,
         })
     }
 
-    /// The value of an attribute, with entity problems reported at `at`.
-    fn attr_value<'a>(&self, a: &Attribute<'a>, at: &At, pos: usize) -> Res<Cow<'a, str>> {
-        attribute_value(a).map_err(|p| match p {
-            AttrProblem::Entity(w) => self.forbidden(Some(at), pos, &w),
-            AttrProblem::Syntax(m) => self.syntax(pos, m),
+    fn unknown_attribute(&self, at: &At, pos: usize, a: &Attr) -> Box<XmlError> {
+        Box::new(XmlError::UnknownAttribute {
+            at: self.loc(Some(at), pos),
+            name: a.name.to_owned(),
         })
     }
 
@@ -284,21 +192,25 @@ impl<'i, 'm> Parser<'i, 'm> {
     /// skipped; anything else but elements is an error.
     fn content(&mut self, at: &At) -> Res<Content<'i>> {
         loop {
-            let pos = self.pos();
             return Ok(match self.next()? {
-                Event::Start(e) => Content::Open(e, false, pos),
-                Event::Empty(e) => Content::Open(e, true, pos),
-                Event::End(_) => Content::Close,
-                Event::Comment(_) | Event::PI(_) => continue,
-                Event::Text(t) if is_blank(&t) => continue,
-                Event::Text(_) | Event::CData(_) | Event::GeneralRef(_) => {
+                Token::Start(s) => Content::Open(s),
+                Token::End { .. } => Content::Close,
+                Token::Comment | Token::Pi => continue,
+                Token::Text(t) if t.blank => continue,
+                Token::Text(Text { pos, .. }) | Token::CData { pos, .. } => {
                     return Err(Box::new(XmlError::Text {
                         at: self.loc(Some(at), pos),
                     }));
                 }
-                Event::DocType(_) => return Err(self.forbidden(Some(at), pos, "a DOCTYPE (DTD)")),
-                Event::Decl(_) => return Err(self.syntax(pos, "misplaced XML declaration".into())),
-                Event::Eof => return Err(self.syntax(pos, "unexpected end of the document".into())),
+                Token::DocType { pos } => {
+                    return Err(self.forbidden(Some(at), pos, "a DOCTYPE (DTD)"));
+                }
+                Token::Decl { pos, .. } => {
+                    return Err(self.syntax(pos, "misplaced XML declaration".into()));
+                }
+                Token::Eof { pos } => {
+                    return Err(self.syntax(pos, "unexpected end of the document".into()));
+                }
             });
         }
     }
@@ -306,18 +218,15 @@ impl<'i, 'm> Parser<'i, 'm> {
     /// A resource element (the root, or inside `contained`/`resource`/`outcome`).
     fn resource(
         &mut self,
-        e: &BytesStart<'i>,
-        empty: bool,
-        pos: usize,
+        e: &Start<'i>,
         at: Option<&At>,
         expected: Option<&str>,
         depth: usize,
     ) -> Res<Value> {
-        let name = e.local_name().into_inner();
+        let name = e.local;
         let here = at.copied().unwrap_or(At::root(name));
-        match self.ns_of(e) {
-            Ns::Fhir => {}
-            ns => return Err(self.namespace_err(e, ns, &here, pos, FHIR_NS)),
+        if e.ns != Ns::Fhir {
+            return Err(self.namespace_err(e, &here, FHIR_NS));
         }
         let def = self
             .model
@@ -326,7 +235,7 @@ impl<'i, 'm> Parser<'i, 'm> {
             .ok_or_else(|| {
                 self.structure(
                     Some(&here),
-                    pos,
+                    e.pos,
                     format!("`{name}` is not a FHIR resource type"),
                 )
             })?;
@@ -335,26 +244,20 @@ impl<'i, 'm> Parser<'i, 'm> {
         {
             return Err(self.structure(
                 Some(&here),
-                pos,
+                e.pos,
                 format!("expected a {want}, found a {name}"),
             ));
         }
-        for a in e.attributes() {
-            let a = a.map_err(|err| self.syntax(pos, err.to_string()))?;
-            if a.key.as_namespace_binding().is_some() {
-                continue;
-            }
-            let (ns, _) = self.r.resolver().resolve_attribute(a.key);
-            if !matches!(ns, ResolveResult::Bound(n) if n.0 == XSI_NS) {
-                return Err(Box::new(XmlError::UnknownAttribute {
-                    at: self.loc(Some(&here), pos),
-                    name: a.key.into_inner().to_owned(),
-                }));
+        // `xsi:schemaLocation` and friends are tolerated on resource elements.
+        for a in self.attrs(&here, e.pos)? {
+            // (an attribute without a prefix is in no namespace)
+            if a.decl == Decl::No && (a.prefix.is_none() || self.lx.resolve(a.prefix) != Ns::Xsi) {
+                return Err(self.unknown_attribute(&here, e.pos, a));
             }
         }
         let mut obj = Map::new();
         obj.insert("resourceType".into(), Value::String(name.to_owned()));
-        if !empty {
+        if !e.empty {
             self.children(def, &mut obj, &here, true, depth + 1)?;
         }
         Ok(Value::Object(obj))
@@ -370,98 +273,109 @@ impl<'i, 'm> Parser<'i, 'm> {
         depth: usize,
     ) -> Res<()> {
         if depth > MAX_XML_DEPTH {
-            let pos = self.pos();
+            let pos = self.lx.pos();
             return Err(self.structure(Some(at), pos, "nested too deeply".into()));
         }
         let is_extension = std::ptr::eq(def, self.extension);
         let mut last: Option<(usize, &'m ElementDef)> = None;
         let mut run: Option<Run> = None;
         loop {
-            let (e, empty, pos) = match self.content(at)? {
-                Content::Open(e, empty, pos) => (e, empty, pos),
+            let e = match self.content(at)? {
+                Content::Open(e) => e,
                 Content::Close => {
                     flush(obj, &mut run);
                     return Ok(());
                 }
             };
-            let key = e.local_name().into_inner();
-            let ns = self.ns_of(&e);
+            let key = e.local;
             // Element.id and Extension.url are attributes in XML; a resource's id is not.
             let attribute_only = !is_resource && (key == "id" || is_extension && key == "url");
-            let from = last.map_or(0, |(lp, _)| lp);
-            let found = if attribute_only {
-                None
-            } else {
-                scan(def, from..def.elements.len(), key)
-            };
-            let Some((p, el, ty)) = found else {
-                let earlier = if attribute_only {
-                    None
-                } else {
-                    def.element(key)
-                };
-                if let (Some((el, _)), Some((_, lel)), Ns::Fhir) = (earlier, last, &ns) {
-                    // Known, but the specification puts it before the last one read.
-                    let index = match obj.get(key) {
-                        Some(Value::Array(a)) => Some(a.len()),
-                        _ => el.many.then_some(0),
-                    };
-                    return Err(Box::new(XmlError::Order {
-                        at: self.loc(Some(&at.child(key, index)), pos),
-                        name: display_name(el),
-                        before: display_name(lel),
-                    }));
-                }
+            let found = if attribute_only { None } else { def.child(key) };
+            let Some(c) = found else {
                 let here = at.child(key, None);
-                if !matches!(ns, Ns::Fhir) {
-                    return Err(self.namespace_err(&e, ns, &here, pos, FHIR_NS));
+                if e.ns != Ns::Fhir {
+                    return Err(self.namespace_err(&e, &here, FHIR_NS));
                 }
                 return Err(Box::new(XmlError::UnknownElement {
-                    at: self.loc(Some(&here), pos),
+                    at: self.loc(Some(&here), e.pos),
                     name: key.to_owned(),
                     type_name: def.name.clone(),
                 }));
             };
+            // Known, but the specification puts it before the last one read.
+            let out_of_order = last.filter(|&(lp, _)| c.pos < lp);
+            let order_err = |lel: &ElementDef| {
+                let index = match obj.get(key) {
+                    Some(Value::Array(a)) => Some(a.len()),
+                    _ => c.el.many.then_some(0),
+                };
+                Box::new(XmlError::Order {
+                    at: self.loc(Some(&at.child(key, index)), e.pos),
+                    name: display_name(c.el),
+                    before: display_name(lel),
+                })
+            };
+            if let Some((_, lel)) = out_of_order
+                && e.ns == Ns::Fhir
+            {
+                return Err(order_err(lel));
+            }
             // Repeats are contiguous (anything else is out of order).
-            let same = last.is_some_and(|(lp, _)| lp == p);
+            let same = last.is_some_and(|(lp, _)| lp == c.pos);
+            let index = c.el.many.then(|| {
+                if same {
+                    run.as_ref().map_or(0, |r| r.items.len())
+                } else {
+                    0
+                }
+            });
+            let here = at.child(key, index);
+            let xhtml = c.ty_ref == TypeRef::Primitive(Primitive::Xhtml);
+            match (e.ns, xhtml) {
+                (Ns::Fhir, false) | (Ns::Xhtml, true) => {}
+                (_, xhtml) => {
+                    let want = if xhtml { XHTML_NS } else { FHIR_NS };
+                    return Err(self.namespace_err(&e, &here, want));
+                }
+            }
+            if let Some((_, lel)) = out_of_order {
+                // the narrative, in its own namespace
+                return Err(order_err(lel));
+            }
+            if same && !c.el.many {
+                return Err(Box::new(XmlError::Repeated {
+                    at: self.loc(Some(&here), e.pos),
+                    name: display_name(c.el),
+                }));
+            }
             if !same {
                 flush(obj, &mut run);
             }
-            let index = el.many.then(|| run.as_ref().map_or(0, |r| r.items.len()));
-            let here = at.child(key, index);
-            match (ns, ty == "xhtml") {
-                (Ns::Fhir, false) | (Ns::Xhtml, true) => {}
-                (ns, xhtml) => {
-                    let want = if xhtml { XHTML_NS } else { FHIR_NS };
-                    return Err(self.namespace_err(&e, ns, &here, pos, want));
-                }
-            }
-            if same && !el.many {
-                return Err(Box::new(XmlError::Repeated {
-                    at: self.loc(Some(&here), pos),
-                    name: display_name(el),
-                }));
-            }
-            last = Some((p, el));
+            last = Some((c.pos, c.el));
 
-            let (value, partner) = match self.types.get(self.model, ty) {
-                TypeOf::Defined(d) if d.kind == Kind::Resource => {
-                    let want = (ty != "Resource").then_some(ty);
-                    (
-                        Some(self.wrapped(&e, empty, pos, &here, want, depth)?),
-                        None,
-                    )
+            let (value, partner) = match c.ty_ref {
+                TypeRef::Defined(id) => {
+                    let d = self.model.type_at(id);
+                    if d.kind == Kind::Resource {
+                        let want = (c.ty != "Resource").then_some(c.ty);
+                        (Some(self.wrapped(&e, &here, want, depth)?), None)
+                    } else {
+                        (Some(self.complex(d, &e, &here, depth)?), None)
+                    }
                 }
-                TypeOf::Defined(d) => (Some(self.complex(d, &e, empty, pos, &here, depth)?), None),
-                TypeOf::Primitive if ty == "xhtml" => {
-                    (Some(Value::String(self.div(&e, empty, pos, &here)?)), None)
+                TypeRef::Primitive(Primitive::Xhtml) => {
+                    (Some(Value::String(self.div(&e, &here)?)), None)
                 }
-                TypeOf::Primitive => self.primitive(ty, &e, empty, pos, &here, depth)?,
-                TypeOf::Unknown => {
-                    return Err(self.structure(Some(&here), pos, format!("unknown type `{ty}`")));
+                TypeRef::Primitive(p) => self.primitive(p, &e, &here, depth)?,
+                TypeRef::Unknown => {
+                    return Err(self.structure(
+                        Some(&here),
+                        e.pos,
+                        format!("unknown type `{}`", c.ty),
+                    ));
                 }
             };
-            if !el.many {
+            if !c.el.many {
                 if let Some(v) = value {
                     obj.insert(key.to_owned(), v);
                 }
@@ -495,57 +409,41 @@ impl<'i, 'm> Parser<'i, 'm> {
     /// partner (the `id` attribute and the extensions) if it has one.
     fn primitive(
         &mut self,
-        ty: &str,
-        e: &BytesStart<'i>,
-        empty: bool,
-        pos: usize,
+        ty: Primitive,
+        e: &Start<'i>,
         at: &At,
         depth: usize,
     ) -> Res<(Option<Value>, Option<Value>)> {
         let mut lexical = None;
         let mut id = None;
-        // Without quick-xml's duplicate check (it allocates for every element): the two
-        // attributes a primitive may have are checked here.
-        for a in e.attributes().with_checks(false) {
-            let a = a.map_err(|err| self.syntax(pos, err.to_string()))?;
-            if a.key.as_namespace_binding().is_some() {
-                continue;
+        // (the lexer refuses duplicate attributes)
+        for a in self.attrs(at, e.pos)? {
+            match (a.decl, a.name) {
+                (Decl::No, "value") => lexical = Some(a.value()),
+                (Decl::No, "id") => id = Some(a.value()),
+                (Decl::No, _) => return Err(self.unknown_attribute(at, e.pos, a)),
+                _ => {}
             }
-            let slot = match a.key.into_inner() {
-                "value" => &mut lexical,
-                "id" => &mut id,
-                other => {
-                    return Err(Box::new(XmlError::UnknownAttribute {
-                        at: self.loc(Some(at), pos),
-                        name: other.to_owned(),
-                    }));
-                }
-            };
-            if slot.is_some() {
-                return Err(self.duplicate(&a, pos));
-            }
-            *slot = Some(self.attr_value(&a, at, pos)?);
         }
         let mut partner = Map::new();
         if let Some(id) = id {
-            let id = Value::String(id.into_owned());
-            self.check(&at.child("id", None), pos, "string", &id)?;
-            partner.insert("id".into(), id);
+            self.check(&at.child("id", None), e.pos, Primitive::String, &id)?;
+            partner.insert("id".into(), Value::String(id.into_owned()));
         }
-        if !empty {
+        if !e.empty {
             self.children(self.element, &mut partner, at, false, depth + 1)?;
         }
         let value = match lexical {
             None => None,
             Some(l) => Some(to_json(ty, l).map_err(|message| XmlError::Value {
-                at: self.loc(Some(at), pos),
+                at: self.loc(Some(at), e.pos),
                 message,
             })?),
         };
         if value.is_none() && partner.is_empty() {
             return Err(self.structure(
                 Some(at),
-                pos,
+                e.pos,
                 "a primitive element needs a value attribute or an extension".into(),
             ));
         }
@@ -555,12 +453,8 @@ impl<'i, 'm> Parser<'i, 'm> {
         ))
     }
 
-    fn duplicate(&self, a: &Attribute, pos: usize) -> Box<XmlError> {
-        self.syntax(pos, format!("duplicate attribute `{}`", a.key.into_inner()))
-    }
-
-    fn check(&self, at: &At, pos: usize, ty: &str, v: &Value) -> Res<()> {
-        check_primitive(ty, v).map_err(|message| {
+    fn check(&self, at: &At, pos: usize, ty: Primitive, s: &str) -> Res<()> {
+        check_text(ty, s).map_err(|message| {
             Box::new(XmlError::Value {
                 at: self.loc(Some(at), pos),
                 message,
@@ -570,54 +464,38 @@ impl<'i, 'm> Parser<'i, 'm> {
 
     /// A complex or backbone element: `id` (and `url` for an Extension) from attributes,
     /// the rest from child elements.
-    fn complex(
-        &mut self,
-        def: &'m TypeDef,
-        e: &BytesStart<'i>,
-        empty: bool,
-        pos: usize,
-        at: &At,
-        depth: usize,
-    ) -> Res<Value> {
+    fn complex(&mut self, def: &'m TypeDef, e: &Start<'i>, at: &At, depth: usize) -> Res<Value> {
         let is_extension = std::ptr::eq(def, self.extension);
         let mut id = None;
         let mut url = None;
-        for a in e.attributes().with_checks(false) {
-            let a = a.map_err(|err| self.syntax(pos, err.to_string()))?;
-            if a.key.as_namespace_binding().is_some() {
-                continue;
-            }
-            let name = a.key.into_inner();
-            let slot = match name {
-                "id" => &mut id,
-                "url" if is_extension => &mut url,
-                _ => {
-                    return Err(Box::new(XmlError::UnknownAttribute {
-                        at: self.loc(Some(at), pos),
-                        name: name.to_owned(),
-                    }));
-                }
+        for a in self.attrs(at, e.pos)? {
+            let slot = match (a.decl, a.name) {
+                (Decl::No, "id") => &mut id,
+                (Decl::No, "url") if is_extension => &mut url,
+                (Decl::No, _) => return Err(self.unknown_attribute(at, e.pos, a)),
+                _ => continue,
             };
-            if slot.is_some() {
-                return Err(self.duplicate(&a, pos));
-            }
-            let v = Value::String(self.attr_value(&a, at, pos)?.into_owned());
-            let ty = def.element(name).map_or("string", |(_, t)| t);
-            self.check(&at.child(name, None), pos, ty, &v)?;
+            let v = a.value();
+            // `Element.id` and `Extension.url` are strings in the model
+            let ty = match def.child(a.name).map(|c| c.ty_ref) {
+                Some(TypeRef::Primitive(p)) => p,
+                _ => Primitive::String,
+            };
+            self.check(&at.child(a.name, None), e.pos, ty, &v)?;
             *slot = Some(v);
         }
         let mut obj = Map::new();
         if let Some(v) = id {
-            obj.insert("id".into(), v);
+            obj.insert("id".into(), Value::String(v.into_owned()));
         }
         if let Some(v) = url {
-            obj.insert("url".into(), v);
+            obj.insert("url".into(), Value::String(v.into_owned()));
         }
-        if !empty {
+        if !e.empty {
             self.children(def, &mut obj, at, false, depth + 1)?;
         }
         if obj.is_empty() {
-            return Err(self.structure(Some(at), pos, "an element without content".into()));
+            return Err(self.structure(Some(at), e.pos, "an element without content".into()));
         }
         Ok(Value::Object(obj))
     }
@@ -626,50 +504,35 @@ impl<'i, 'm> Parser<'i, 'm> {
     /// `Bundle.entry.response.outcome`: an element holding one resource element.
     fn wrapped(
         &mut self,
-        e: &BytesStart<'i>,
-        empty: bool,
-        pos: usize,
+        e: &Start<'i>,
         at: &At,
         expected: Option<&str>,
         depth: usize,
     ) -> Res<Value> {
-        for a in e.attributes() {
-            let a = a.map_err(|err| self.syntax(pos, err.to_string()))?;
-            if a.key.as_namespace_binding().is_none() {
-                return Err(Box::new(XmlError::UnknownAttribute {
-                    at: self.loc(Some(at), pos),
-                    name: a.key.into_inner().to_owned(),
-                }));
-            }
+        if let Some(a) = self.attrs(at, e.pos)?.iter().find(|a| a.decl == Decl::No) {
+            return Err(self.unknown_attribute(at, e.pos, a));
         }
         let mut found = None;
-        if !empty {
-            while let Content::Open(inner, inner_empty, inner_pos) = self.content(at)? {
+        if !e.empty {
+            while let Content::Open(inner) = self.content(at)? {
                 if found.is_some() {
                     return Err(self.structure(
                         Some(at),
-                        inner_pos,
+                        inner.pos,
                         "holds more than one resource".into(),
                     ));
                 }
-                found = Some(self.resource(
-                    &inner,
-                    inner_empty,
-                    inner_pos,
-                    Some(at),
-                    expected,
-                    depth + 1,
-                )?);
+                found = Some(self.resource(&inner, Some(at), expected, depth + 1)?);
             }
         }
-        found.ok_or_else(|| self.structure(Some(at), pos, "holds no resource".into()))
+        found.ok_or_else(|| self.structure(Some(at), e.pos, "holds no resource".into()))
     }
 
     /// The narrative: its source text if that is self-contained XHTML, else re-serialized
     /// with the namespace declared on the div.
-    fn div(&mut self, e: &BytesStart<'i>, empty: bool, start: usize, at: &At) -> Res<String> {
+    fn div(&mut self, e: &Start<'i>, at: &At) -> Res<String> {
         let mut canon = Canon(Some(String::new()));
-        let simple = walk_div(&mut self.r, e, empty, start, &mut canon).map_err(|p| {
+        let simple = walk_div(&mut self.lx, e, &mut canon).map_err(|p| {
             let loc = self.loc(Some(at), p.pos);
             match p.kind {
                 DivKind::Syntax(message) => XmlError::Syntax { at: loc, message },
@@ -683,11 +546,11 @@ impl<'i, 'm> Parser<'i, 'm> {
                 DivKind::Other(message) => XmlError::Structure { at: loc, message },
             }
         })?;
-        let end = self.pos();
-        match (simple, self.text.get(start..end), canon.0) {
+        let end = self.lx.pos();
+        match (simple, self.text.get(e.pos..end), canon.0) {
             (true, Some(raw), _) => Ok(raw.to_owned()),
             (_, _, Some(c)) => Ok(c),
-            (_, _, None) => Err(self.structure(Some(at), start, "narrative lost".into())),
+            (_, _, None) => Err(self.structure(Some(at), e.pos, "narrative lost".into())),
         }
     }
 }
@@ -713,27 +576,27 @@ fn flush(obj: &mut Map<String, Value>, run: &mut Option<Run>) {
 
 /// A `value` attribute as the JSON value of its type: booleans as JSON booleans, numbers as
 /// JSON numbers with the same lexical text, everything else as strings.
-fn to_json(ty: &str, lexical: Cow<str>) -> Result<Value, String> {
+fn to_json(ty: Primitive, lexical: Cow<str>) -> Result<Value, String> {
     let v = match ty {
-        "boolean" => match &*lexical {
+        Primitive::Boolean => match &*lexical {
             "true" => Value::Bool(true),
             "false" => Value::Bool(false),
             _ => return Err(format!("`{lexical}` is not a boolean (true or false)")),
         },
-        _ if is_numeric(ty) => {
-            if !is_fhir_number(&lexical, ty == "decimal") {
-                return Err(format!("`{lexical}` is not a valid {ty}"));
+        _ if ty.is_numeric() => {
+            let invalid = || format!("`{lexical}` is not a valid {}", ty.name());
+            if !is_fhir_number(&lexical, ty == Primitive::Decimal) {
+                return Err(invalid());
             }
-            serde_json::from_str::<Value>(&lexical)
-                .map_err(|_| format!("`{lexical}` is not a valid {ty}"))?
+            serde_json::from_str::<Value>(&lexical).map_err(|_| invalid())?
         }
         _ => {
             // Checked before the one copy into the value.
-            check_lexical(ty, &lexical)?;
+            check_text(ty, &lexical)?;
             return Ok(Value::String(lexical.into_owned()));
         }
     };
-    check_primitive(ty, &v)?;
+    check_primitive(ty.name(), &v)?;
     Ok(v)
 }
 

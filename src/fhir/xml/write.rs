@@ -4,11 +4,8 @@
 use serde_json::{Map, Value};
 
 use super::div::check_div;
-use super::{
-    At, DECLARATION, EMPTY_MAP, FHIR_NS, MAX_XML_DEPTH, TypeCache, TypeOf, XmlError, find,
-    is_numeric,
-};
-use crate::fhir::model::{ElementDef, Kind, Model, TypeDef};
+use super::{At, DECLARATION, FHIR_NS, MAX_XML_DEPTH, XmlError};
+use crate::fhir::model::{ElementDef, Kind, Model, Primitive, TypeDef, TypeRef};
 
 /// The resource as FHIR XML on one line (after the XML declaration).
 pub fn to_xml(model: &Model, resource: &Value) -> Result<String, XmlError> {
@@ -31,7 +28,6 @@ fn write(model: &Model, resource: &Value, pretty: bool) -> Result<String, XmlErr
         model,
         element,
         extension,
-        types: TypeCache::new(),
         out: String::with_capacity(4096),
         pretty,
         depth: 0,
@@ -47,7 +43,6 @@ struct Writer<'m, 'v> {
     model: &'m Model,
     element: &'m TypeDef,
     extension: &'m TypeDef,
-    types: TypeCache<'m>,
     out: String,
     pretty: bool,
     depth: usize,
@@ -71,7 +66,7 @@ struct Entry<'v, 'm> {
     pos: usize,
     key: &'v str,
     el: &'m ElementDef,
-    ty: &'m str,
+    ty: TypeRef,
     value: Option<&'v Value>,
     partner: Option<&'v Value>,
 }
@@ -151,7 +146,6 @@ impl<'m, 'v> Writer<'m, 'v> {
         let mut url_attr = None;
         let mut entries = self.pool.pop().unwrap_or_default();
         let mut partner_key = String::new();
-        let mut cursor = 0;
         for (key, value) in obj {
             if is_resource && key == "resourceType" {
                 continue;
@@ -172,13 +166,13 @@ impl<'m, 'v> Writer<'m, 'v> {
                 Some(base) => (base, true),
                 None => (key.as_str(), false),
             };
-            let Some((pos, el, ty)) = find(def, cursor, bare) else {
+            let Some(child) = def.child(bare) else {
                 return Err(write_err(
                     &at.child(key, None),
                     format!("unknown element `{key}` in {}", def.name),
                 ));
             };
-            cursor = pos;
+            let is_primitive = matches!(child.ty_ref, TypeRef::Primitive(_));
             if partner_only {
                 if !is_resource && (bare == "id" || is_extension && bare == "url") {
                     return Err(write_err(
@@ -186,7 +180,7 @@ impl<'m, 'v> Writer<'m, 'v> {
                         "an XML attribute cannot carry an id or extensions",
                     ));
                 }
-                if !matches!(self.types.get(self.model, ty), TypeOf::Primitive) {
+                if !is_primitive {
                     return Err(write_err(
                         &at.child(key, None),
                         format!("`{key}` is only allowed on primitive elements"),
@@ -199,7 +193,7 @@ impl<'m, 'v> Writer<'m, 'v> {
             }
             let (value, partner) = if partner_only {
                 (None, Some(value))
-            } else if has_partners && matches!(self.types.get(self.model, ty), TypeOf::Primitive) {
+            } else if has_partners && is_primitive {
                 partner_key.clear();
                 partner_key.push('_');
                 partner_key.push_str(key);
@@ -208,10 +202,10 @@ impl<'m, 'v> Writer<'m, 'v> {
                 (Some(value), None)
             };
             entries.push(Entry {
-                pos,
+                pos: child.pos,
                 key: bare,
-                el,
-                ty,
+                el: child.el,
+                ty: child.ty_ref,
                 value,
                 partner,
             });
@@ -314,17 +308,17 @@ impl<'m, 'v> Writer<'m, 'v> {
     fn item(
         &mut self,
         name: &str,
-        ty: &'m str,
+        ty: TypeRef,
         value: Option<&'v Value>,
         partner: Option<&'v Value>,
         at: &At,
     ) -> Result<(), XmlError> {
         let value = value.filter(|v| !v.is_null());
         let partner = partner.filter(|v| !v.is_null());
-        let def = match self.types.get(self.model, ty) {
-            TypeOf::Defined(def) => def,
-            TypeOf::Unknown => return Err(write_err(at, format!("unknown type `{ty}`"))),
-            TypeOf::Primitive => return self.primitive(name, ty, value, partner, at),
+        let def = match ty {
+            TypeRef::Defined(id) => self.model.type_at(id),
+            TypeRef::Unknown => return Err(write_err(at, "unknown type")),
+            TypeRef::Primitive(p) => return self.primitive(name, p, value, partner, at),
         };
         if partner.is_some() {
             return Err(write_err(
@@ -351,7 +345,7 @@ impl<'m, 'v> Writer<'m, 'v> {
         }
         let obj = value
             .as_object()
-            .ok_or_else(|| write_err(at, format!("expected a JSON object ({ty})")))?;
+            .ok_or_else(|| write_err(at, format!("expected a JSON object ({})", def.name)))?;
         self.object(name, def, obj, at, Mode::Complex)
     }
 
@@ -359,13 +353,13 @@ impl<'m, 'v> Writer<'m, 'v> {
     fn primitive(
         &mut self,
         name: &str,
-        ty: &str,
+        ty: Primitive,
         value: Option<&'v Value>,
         partner: Option<&'v Value>,
         at: &At,
     ) -> Result<(), XmlError> {
         {
-            if ty == "xhtml" {
+            if ty == Primitive::Xhtml {
                 if partner.is_some() {
                     return Err(write_err(
                         at,
@@ -386,18 +380,26 @@ impl<'m, 'v> Writer<'m, 'v> {
             }
             let lexical = match value {
                 None => None,
-                Some(v) => Some(
-                    lexical(ty, v)
-                        .ok_or_else(|| write_err(at, format!("not a valid JSON value for {ty}")))?,
-                ),
+                Some(v) => Some(lexical(ty, v).ok_or_else(|| {
+                    write_err(at, format!("not a valid JSON value for {}", ty.name()))
+                })?),
             };
-            let partner_obj = match partner {
-                None if lexical.is_none() => {
+            let partner_obj = match (partner, lexical) {
+                (None, None) => {
                     return Err(write_err(at, "null without an id or extensions"));
                 }
-                None => &*EMPTY_MAP,
-                Some(Value::Object(o)) => o,
-                Some(_) => {
+                // Most elements: `<name value="…"/>`, without the walk of an object.
+                (None, Some(v)) => {
+                    self.indent();
+                    self.out.push('<');
+                    self.out.push_str(name);
+                    self.attr("value", v, at)?;
+                    self.out.push_str("/>");
+                    self.newline();
+                    return Ok(());
+                }
+                (Some(Value::Object(o)), _) => o,
+                (Some(_), _) => {
                     return Err(write_err(
                         at,
                         format!("`_{name}` must be an object (or null in an array)"),
@@ -416,11 +418,11 @@ impl<'m, 'v> Writer<'m, 'v> {
 }
 
 /// The text of a primitive's `value` attribute: numbers as written, booleans as words.
-fn lexical<'v>(ty: &str, v: &'v Value) -> Option<&'v str> {
+fn lexical(ty: Primitive, v: &Value) -> Option<&str> {
     match v {
-        Value::Bool(b) if ty == "boolean" => Some(if *b { "true" } else { "false" }),
-        Value::Number(n) if is_numeric(ty) => Some(n.as_str()),
-        Value::String(s) if ty != "boolean" && !is_numeric(ty) => Some(s),
+        Value::Bool(b) if ty == Primitive::Boolean => Some(if *b { "true" } else { "false" }),
+        Value::Number(n) if ty.is_numeric() => Some(n.as_str()),
+        Value::String(s) if ty != Primitive::Boolean && !ty.is_numeric() => Some(s),
         _ => None,
     }
 }
