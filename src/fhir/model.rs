@@ -148,7 +148,109 @@ pub struct TypeDef {
     by_name: HashMap<String, usize, NameHash>,
     /// Every key an element can have in JSON (its name, or for a choice its name and each
     /// type: `valueString`) → the element's position and the type's place in `types`.
-    keys: HashMap<Box<str>, (u32, u32), NameHash>,
+    keys: Keys,
+}
+
+/// `TypeDef::keys`: an open-addressing table probed by a hash of a key's length and three of
+/// its bytes, at most a quarter full, with what a lookup answers in the slot itself and the
+/// keys of a type side by side in one string. The readers and the XML writer look up every
+/// key of every object: through a `HashMap` of boxed names, and then the element and its type
+/// vectors, that was three times the instructions and most of the cache misses of writing.
+#[derive(Debug, Default)]
+struct Keys {
+    /// A power of two long; `len == 0` is a free slot.
+    slots: Vec<KeySlot>,
+    /// The keys, one after the other.
+    text: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeySlot {
+    ty_ref: TypeRef,
+    /// The key: `text[at..at + len]`.
+    at: u32,
+    len: u16,
+    /// The element's position, and the place of the key's type in its `types`.
+    pos: u16,
+    ty: u16,
+    many: bool,
+}
+
+impl Default for KeySlot {
+    fn default() -> KeySlot {
+        KeySlot {
+            ty_ref: TypeRef::Unknown,
+            at: 0,
+            len: 0,
+            pos: 0,
+            ty: 0,
+            many: false,
+        }
+    }
+}
+
+impl Keys {
+    fn start(&self, key: &[u8]) -> usize {
+        let n = key.len();
+        let byte = |i: usize| u64::from(key.get(i).copied().unwrap_or(0));
+        let h = (n as u64 | byte(0) << 8 | byte(n / 2) << 16 | byte(n.wrapping_sub(1)) << 24)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> 32) as usize & self.slots.len().wrapping_sub(1)
+    }
+
+    fn get(&self, key: &str) -> Option<&KeySlot> {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut i = self.start(key.as_bytes());
+        loop {
+            let s = self.slots.get(i)?;
+            if s.len == 0 {
+                return None;
+            }
+            if usize::from(s.len) == key.len()
+                && self
+                    .text
+                    .as_bytes()
+                    .get(s.at as usize..s.at as usize + key.len())
+                    == Some(key.as_bytes())
+            {
+                return Some(s);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Builds the table of `(key, element position, type place)`; the first of two equal
+    /// keys wins.
+    fn build(elements: &[ElementDef], keys: Vec<(String, usize, usize)>) -> Keys {
+        let mut t = Keys {
+            slots: vec![KeySlot::default(); (keys.len() * 4).next_power_of_two()],
+            text: String::new(),
+        };
+        for (key, pos, ty) in keys {
+            if key.is_empty() || t.get(&key).is_some() {
+                continue;
+            }
+            let Some(el) = elements.get(pos) else {
+                continue;
+            };
+            let slot = KeySlot {
+                ty_ref: el.refs.get(ty).copied().unwrap_or(TypeRef::Unknown),
+                at: t.text.len() as u32,
+                len: key.len() as u16,
+                pos: pos as u16,
+                ty: ty as u16,
+                many: el.many,
+            };
+            t.text.push_str(&key);
+            let mask = t.slots.len() - 1;
+            let mut i = t.start(key.as_bytes());
+            while t.slots[i].len != 0 {
+                i = (i + 1) & mask;
+            }
+            t.slots[i] = slot;
+        }
+        t
+    }
 }
 
 /// What a JSON key (or XML element name) names in a type: see `TypeDef::child`.
@@ -157,29 +259,38 @@ pub struct Child<'a> {
     /// The element's position in specification order.
     pub pos: usize,
     pub el: &'a ElementDef,
-    /// The concrete type (for a choice, the one the key names).
-    pub ty: &'a str,
+    /// The concrete type (for a choice, the one the key names), resolved.
     pub ty_ref: TypeRef,
+    /// `el.many`, without reading `el`.
+    pub many: bool,
+    ty: usize,
+}
+
+impl<'a> Child<'a> {
+    /// The name of the concrete type.
+    pub fn ty(&self) -> &'a str {
+        self.el.types.get(self.ty).map_or("", String::as_str)
+    }
 }
 
 impl TypeDef {
     /// The element a JSON key names, its position and concrete type (`valueString` →
     /// `value[x]`, `string`): one hash lookup.
     pub fn child(&self, key: &str) -> Option<Child<'_>> {
-        let &(i, t) = self.keys.get(key)?;
-        let el = self.elements.get(i as usize)?;
+        let k = self.keys.get(key)?;
         Some(Child {
-            pos: i as usize,
-            el,
-            ty: el.types.get(t as usize)?.as_str(),
-            ty_ref: el.refs.get(t as usize).copied().unwrap_or(TypeRef::Unknown),
+            pos: usize::from(k.pos),
+            el: self.elements.get(usize::from(k.pos))?,
+            ty_ref: k.ty_ref,
+            many: k.many,
+            ty: usize::from(k.ty),
         })
     }
 
     /// The element a JSON key names, with the concrete type for a choice (`valueString` →
     /// `value[x]`, `string`).
     pub fn element<'a>(&'a self, key: &str) -> Option<(&'a ElementDef, &'a str)> {
-        self.child(key).map(|c| (c.el, c.ty))
+        self.child(key).map(|c| (c.el, c.ty()))
     }
 
     /// The element named `name` (a choice by its bare name).
@@ -334,9 +445,9 @@ impl Model {
                 .map(|(i, e)| (e.name.clone(), i))
                 .collect();
             // A plain element's name wins over a choice's key; between choices, the first.
-            let mut keys = HashMap::default();
+            let mut keys = Vec::new();
             for (i, e) in elements.iter().enumerate().filter(|(_, e)| !e.choice) {
-                keys.insert(e.name.as_str().into(), (i as u32, 0));
+                keys.push((e.name.clone(), i, 0));
             }
             for (i, e) in elements.iter().enumerate().filter(|(_, e)| e.choice) {
                 for (j, t) in e.types.iter().enumerate() {
@@ -347,17 +458,16 @@ impl Model {
                         }
                         None => continue,
                     };
-                    keys.entry(key.into_boxed_str())
-                        .or_insert((i as u32, j as u32));
+                    keys.push((key, i, j));
                 }
             }
             types.push(TypeDef {
                 name,
                 kind,
                 is_abstract: t.is_abstract,
+                keys: Keys::build(&elements, keys),
                 elements,
                 by_name,
-                keys,
             });
         }
         Ok(Model {
@@ -434,7 +544,7 @@ mod tests {
             "a choice's bare name is no key"
         );
         let c = input.child("valueCodeableConcept").unwrap();
-        assert_eq!((c.el.name.as_str(), c.ty), ("value", "CodeableConcept"));
+        assert_eq!((c.el.name.as_str(), c.ty()), ("value", "CodeableConcept"));
         assert!(
             matches!(c.ty_ref, TypeRef::Defined(id) if m.type_at(id).name == "CodeableConcept")
         );
@@ -455,7 +565,8 @@ mod tests {
                         continue;
                     };
                     let c = def.child(&key).unwrap();
-                    assert_eq!((c.pos, c.ty), (i, t.as_str()), "{}.{key}", def.name);
+                    assert_eq!((c.pos, c.ty()), (i, t.as_str()), "{}.{key}", def.name);
+                    assert_eq!(c.many, e.many);
                     assert_ne!(c.ty_ref, TypeRef::Unknown, "{}.{key}", def.name);
                     assert_eq!(
                         c.ty_ref == TypeRef::Primitive(Primitive::Xhtml),

@@ -178,6 +178,8 @@ pub(super) struct Lexer<'i> {
     /// Qualified and local names of the open elements.
     open: Vec<(&'i str, &'i str)>,
     bindings: Vec<Binding<'i>>,
+    /// The default namespace in scope (what `bindings` says, kept at hand).
+    default_ns: Ns,
     attrs: Vec<Attr<'i>>,
     /// An entity reference that is not predefined, in the last start tag's attributes.
     attr_problem: Option<AttrProblem>,
@@ -193,6 +195,7 @@ impl<'i> Lexer<'i> {
             pos: 0,
             open: Vec::new(),
             bindings: Vec::new(),
+            default_ns: Ns::None,
             attrs: Vec::new(),
             attr_problem: None,
             pending_pop: false,
@@ -216,15 +219,9 @@ impl<'i> Lexer<'i> {
     /// The namespace a prefix (`None`: the default) is bound to, as of the last start tag.
     pub(super) fn resolve(&self, prefix: Option<&str>) -> Ns {
         match prefix {
+            None => self.default_ns,
             Some("xml") => Ns::Xml,
-            p => self.binding(p.unwrap_or("")).map_or(
-                if p.is_some() {
-                    Ns::Undeclared
-                } else {
-                    Ns::None
-                },
-                |b| b.ns,
-            ),
+            Some(p) => self.binding(p).map_or(Ns::Undeclared, |b| b.ns),
         }
     }
 
@@ -245,8 +242,12 @@ impl<'i> Lexer<'i> {
 
     fn pop_scope(&mut self) {
         let depth = self.open.len();
-        while self.bindings.last().is_some_and(|b| b.depth >= depth) {
-            self.bindings.pop();
+        let mut default_changed = false;
+        while let Some(b) = self.bindings.pop_if(|b| b.depth >= depth) {
+            default_changed |= b.prefix.is_empty();
+        }
+        if default_changed {
+            self.default_ns = self.binding("").map_or(Ns::None, |b| b.ns);
         }
         self.open.pop();
     }
@@ -301,20 +302,32 @@ impl<'i> Lexer<'i> {
     /// prefix and local part. ASCII names (all of FHIR's and XHTML's) in one pass over their
     /// bytes; anything else goes the general way.
     fn qname(&self, i: usize) -> Result<QName<'i>, LexError> {
-        let mut j = i;
-        let mut colon = None;
-        while let Some(&c) = self.b.get(j) {
-            match NAME[usize::from(c)] {
-                START => {}
-                // not first, and not first after the colon
-                PART if j > i && colon != Some(j - 1) => {}
-                COLON if colon.is_none() && j > i => colon = Some(j),
-                _ => break,
+        let b = self.b;
+        // An NCName of ASCII letters, digits, `_`, `-` and `.` at `from`: where it ends.
+        let ncname = |from: usize| -> Option<usize> {
+            let rest = b.get(from..)?;
+            if NAME[usize::from(*rest.first()?)] != START {
+                return None;
             }
-            j += 1;
+            let n = rest
+                .iter()
+                .position(|&c| NAME[usize::from(c)] & (START | PART) == 0)
+                .unwrap_or(rest.len());
+            Some(from + n)
+        };
+        let Some(mut j) = ncname(i) else {
+            return self.qname_slow(i);
+        };
+        let mut colon = None;
+        if b.get(j) == Some(&b':') {
+            colon = Some(j);
+            match ncname(j + 1) {
+                Some(end) => j = end,
+                None => return self.qname_slow(i),
+            }
         }
-        let stopped_in_name = self.b.get(j).is_some_and(|&c| NAME[usize::from(c)] != 0);
-        if j == i || stopped_in_name || colon == Some(j - 1) {
+        // stopped on a non-ASCII character or a second colon: the general way
+        if b.get(j).is_some_and(|&c| NAME[usize::from(c)] != 0) {
             return self.qname_slow(i);
         }
         let name = self.text.get(i..j).unwrap_or_default();
@@ -529,6 +542,9 @@ impl<'i> Lexer<'i> {
             };
             if let Some(message) = bad {
                 return syntax(start, message);
+            }
+            if prefix.is_empty() {
+                self.default_ns = ns;
             }
             self.bindings.push(Binding {
                 depth,
@@ -859,8 +875,8 @@ type QName<'i> = (usize, &'i str, Option<&'i str>, &'i str);
 /// only follows; `COLON`; `HIGH`: part of a non-ASCII character (decoded to tell).
 const PART: u8 = 1;
 const START: u8 = 2;
-const COLON: u8 = 3;
-const HIGH: u8 = 4;
+const COLON: u8 = 4;
+const HIGH: u8 = 8;
 static NAME: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut c = 0;

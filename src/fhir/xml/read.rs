@@ -307,7 +307,7 @@ impl<'i, 'm> Parser<'i, 'm> {
             let order_err = |lel: &ElementDef| {
                 let index = match obj.get(key) {
                     Some(Value::Array(a)) => Some(a.len()),
-                    _ => c.el.many.then_some(0),
+                    _ => c.many.then_some(0),
                 };
                 Box::new(XmlError::Order {
                     at: self.loc(Some(&at.child(key, index)), e.pos),
@@ -322,7 +322,7 @@ impl<'i, 'm> Parser<'i, 'm> {
             }
             // Repeats are contiguous (anything else is out of order).
             let same = last.is_some_and(|(lp, _)| lp == c.pos);
-            let index = c.el.many.then(|| {
+            let index = c.many.then(|| {
                 if same {
                     run.as_ref().map_or(0, |r| r.items.len())
                 } else {
@@ -342,7 +342,7 @@ impl<'i, 'm> Parser<'i, 'm> {
                 // the narrative, in its own namespace
                 return Err(order_err(lel));
             }
-            if same && !c.el.many {
+            if same && !c.many {
                 return Err(Box::new(XmlError::Repeated {
                     at: self.loc(Some(&here), e.pos),
                     name: display_name(c.el),
@@ -357,7 +357,7 @@ impl<'i, 'm> Parser<'i, 'm> {
                 TypeRef::Defined(id) => {
                     let d = self.model.type_at(id);
                     if d.kind == Kind::Resource {
-                        let want = (c.ty != "Resource").then_some(c.ty);
+                        let want = Some(c.ty()).filter(|&t| t != "Resource");
                         (Some(self.wrapped(&e, &here, want, depth)?), None)
                     } else {
                         (Some(self.complex(d, &e, &here, depth)?), None)
@@ -371,11 +371,11 @@ impl<'i, 'm> Parser<'i, 'm> {
                     return Err(self.structure(
                         Some(&here),
                         e.pos,
-                        format!("unknown type `{}`", c.ty),
+                        format!("unknown type `{}`", c.ty()),
                     ));
                 }
             };
-            if !c.el.many {
+            if !c.many {
                 if let Some(v) = value {
                     obj.insert(key.to_owned(), v);
                 }

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 use super::div::check_div;
 use super::{At, DECLARATION, FHIR_NS, MAX_XML_DEPTH, XmlError};
-use crate::fhir::model::{ElementDef, Kind, Model, Primitive, TypeDef, TypeRef};
+use crate::fhir::model::{Kind, Model, Primitive, TypeDef, TypeRef};
 
 /// The resource as FHIR XML on one line (after the XML declaration).
 pub fn to_xml(model: &Model, resource: &Value) -> Result<String, XmlError> {
@@ -48,7 +48,7 @@ struct Writer<'m, 'v> {
     depth: usize,
     /// Emptied `entries` vectors of finished objects, reused: one allocation per nesting
     /// level instead of one per object.
-    pool: Vec<Vec<Entry<'v, 'm>>>,
+    pool: Vec<Vec<Entry<'v>>>,
 }
 
 /// What is being written as an XML element.
@@ -61,14 +61,35 @@ enum Mode<'v> {
     Primitive(Option<&'v str>),
 }
 
-/// One JSON key of an object (or a `_name` partner without its value), placed in order.
-struct Entry<'v, 'm> {
+/// One JSON key of an object (or a `_name` partner), placed in order.
+#[derive(Clone, Copy)]
+struct Entry<'v> {
     pos: usize,
     key: &'v str,
-    el: &'m ElementDef,
+    many: bool,
     ty: TypeRef,
     value: Option<&'v Value>,
     partner: Option<&'v Value>,
+}
+
+/// Joins each `name` entry with its `_name` partner: once sorted (stably) by position, they
+/// are next to each other, and no other two entries have one key.
+fn pair_partners(entries: &mut Vec<Entry>) {
+    let mut kept = 0usize;
+    for i in 0..entries.len() {
+        let e = entries[i];
+        match kept.checked_sub(1).and_then(|k| entries.get_mut(k)) {
+            Some(last) if last.pos == e.pos && last.key == e.key => {
+                last.value = last.value.or(e.value);
+                last.partner = last.partner.or(e.partner);
+            }
+            _ => {
+                entries[kept] = e;
+                kept += 1;
+            }
+        }
+    }
+    entries.truncate(kept);
 }
 
 fn write_err(at: &At, message: impl Into<String>) -> XmlError {
@@ -145,7 +166,6 @@ impl<'m, 'v> Writer<'m, 'v> {
         let mut id_attr = None;
         let mut url_attr = None;
         let mut entries = self.pool.pop().unwrap_or_default();
-        let mut partner_key = String::new();
         for (key, value) in obj {
             if is_resource && key == "resourceType" {
                 continue;
@@ -186,25 +206,16 @@ impl<'m, 'v> Writer<'m, 'v> {
                         format!("`{key}` is only allowed on primitive elements"),
                     ));
                 }
-                if obj.contains_key(bare) {
-                    // Written with its value.
-                    continue;
-                }
             }
             let (value, partner) = if partner_only {
                 (None, Some(value))
-            } else if has_partners && is_primitive {
-                partner_key.clear();
-                partner_key.push('_');
-                partner_key.push_str(key);
-                (Some(value), obj.get(partner_key.as_str()))
             } else {
                 (Some(value), None)
             };
             entries.push(Entry {
                 pos: child.pos,
                 key: bare,
-                el: child.el,
+                many: child.many,
                 ty: child.ty_ref,
                 value,
                 partner,
@@ -213,6 +224,9 @@ impl<'m, 'v> Writer<'m, 'v> {
         // JSON usually comes in specification order already.
         if !entries.is_sorted_by_key(|e| e.pos) {
             entries.sort_by_key(|e| e.pos);
+        }
+        if has_partners {
+            pair_partners(&mut entries);
         }
 
         self.indent();
@@ -255,8 +269,8 @@ impl<'m, 'v> Writer<'m, 'v> {
         Ok(())
     }
 
-    fn entry(&mut self, e: &Entry<'v, 'm>, at: &At) -> Result<(), XmlError> {
-        if !e.el.many {
+    fn entry(&mut self, e: &Entry<'v>, at: &At) -> Result<(), XmlError> {
+        if !e.many {
             let here = at.child(e.key, None);
             if matches!(e.value, Some(Value::Array(_)))
                 || matches!(e.partner, Some(Value::Array(_)))
