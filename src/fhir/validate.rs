@@ -348,8 +348,13 @@ pub fn check_text(ty: Primitive, s: &str) -> Result<(), String> {
         Primitive::Code => {
             !s.starts_with(char::is_whitespace)
                 && !s.ends_with(char::is_whitespace)
-                && !b.iter().any(|c| matches!(c, b'\t' | b'\n' | b'\r'))
-                && !b.windows(2).any(|w| w == b"  ")
+                && b.iter()
+                    .try_fold(false, |after_space, &c| match c {
+                        b'\t' | b'\n' | b'\r' => None,
+                        b' ' if after_space => None,
+                        _ => Some(c == b' '),
+                    })
+                    .is_some()
         }
         Primitive::Uri | Primitive::Url | Primitive::Canonical => !has_whitespace(s),
         Primitive::Oid => is_oid(s),
@@ -374,8 +379,9 @@ pub fn check_text(ty: Primitive, s: &str) -> Result<(), String> {
 
 /// `s.contains(char::is_whitespace)`, without decoding characters when `s` is ASCII.
 fn has_whitespace(s: &str) -> bool {
-    if s.is_ascii() {
-        s.bytes().any(|c| c == b' ' || (b'\t'..=b'\r').contains(&c))
+    // ASCII white space is at or below the space: one comparison a byte in the usual case
+    if s.bytes().all(|c| c > b' ' && c < 0x80) {
+        false
     } else {
         s.contains(char::is_whitespace)
     }

@@ -372,7 +372,7 @@ impl<'i> Lexer<'i> {
         let (name_end, name, prefix, local) = self.qname(start + 1)?;
         self.attrs.clear();
         self.attr_problem = None;
-        let mut decls = false;
+        let (mut decls, mut prefixed) = (false, 0);
         let mut i = name_end;
         let empty = loop {
             let after_space = self.skip_space(i);
@@ -391,23 +391,20 @@ impl<'i> Lexer<'i> {
                 }
                 Some(_) => {}
             }
-            let attr = self.attribute(after_space)?;
-            i = attr.1;
-            decls |= attr.0.decl != Decl::No;
-            self.attrs.push(attr.0);
+            let (a, end) = self.attribute(after_space)?;
+            i = end;
+            decls |= a.decl != Decl::No;
+            prefixed += usize::from(a.decl == Decl::No && a.prefix.is_some());
+            self.attrs.push(a);
         };
-        self.check_unique(start)?;
+        if self.attrs.len() > 1 {
+            self.check_unique(start)?;
+        }
         self.open.push((name, local));
         if decls {
             self.declare(start)?;
         }
-        if self
-            .attrs
-            .iter()
-            .filter(|a| a.decl == Decl::No && a.prefix.is_some())
-            .nth(1)
-            .is_some()
-        {
+        if prefixed > 1 {
             self.check_expanded(start)?;
         }
         let ns = self.resolve(prefix);
@@ -424,29 +421,31 @@ impl<'i> Lexer<'i> {
     }
 
     /// One `name="value"` at `i`; returns where it ends.
+    #[inline]
     fn attribute(&mut self, i: usize) -> Result<(Attr<'i>, usize), LexError> {
-        let (name_end, name, prefix, local) = self.qname(i)?;
-        let mut j = self.skip_space(name_end);
-        if self.b.get(j) != Some(&b'=') {
-            return syntax(j, format!("expected `=` after the attribute name `{name}`"));
-        }
-        j = self.skip_space(j + 1);
-        let quote = match self.b.get(j) {
-            Some(&q @ (b'"' | b'\'')) => q,
-            _ => return syntax(j, format!("the value of `{name}` must be quoted")),
+        // `value="`: most attributes of FHIR XML, without the general name scan
+        let (name, prefix, local, from, quote) = match self.b.get(i..i + 7) {
+            Some(&[b'v', b'a', b'l', b'u', b'e', b'=', q]) if q == b'"' || q == b'\'' => {
+                ("value", None, "value", i + 7, q)
+            }
+            _ => {
+                let (name_end, name, prefix, local) = self.qname(i)?;
+                let mut j = self.skip_space(name_end);
+                if self.b.get(j) != Some(&b'=') {
+                    return syntax(j, format!("expected `=` after the attribute name `{name}`"));
+                }
+                j = self.skip_space(j + 1);
+                match self.b.get(j) {
+                    Some(&q @ (b'"' | b'\'')) => (name, prefix, local, j + 1, q),
+                    _ => return syntax(j, format!("the value of `{name}` must be quoted")),
+                }
+            }
         };
-        let from = j + 1;
         let mut k = from;
         let mut plain = true;
         let mut bad_entity = false;
         loop {
-            while self
-                .b
-                .get(k)
-                .is_some_and(|&c| ATTR_SPECIAL[usize::from(c)] == 0)
-            {
-                k += 1;
-            }
+            k = plain_run(self.b, k);
             match self.b.get(k) {
                 None => return syntax(from, "unexpected end inside an attribute value"),
                 Some(&c) if c == quote => break,
@@ -854,6 +853,40 @@ impl<'i> Lexer<'i> {
         }
         Ok(())
     }
+}
+
+/// Where the ordinary bytes of an attribute value from `i` end (at one of `ATTR_SPECIAL` or
+/// the end): eight at a time while a word cannot hold a special one, then one by one.
+fn plain_run(b: &[u8], mut i: usize) -> usize {
+    while let Some(w) = b.get(i..i + 8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        if may_stop(u64::from_le_bytes(a)) {
+            break;
+        }
+        i += 8;
+    }
+    while b.get(i).is_some_and(|&c| ATTR_SPECIAL[usize::from(c)] == 0) {
+        i += 1;
+    }
+    i
+}
+
+/// Whether a byte of `w` may be one of `ATTR_SPECIAL` (false positives are fine: the bytes
+/// are then looked at one by one). The SWAR "has a zero byte" test on `w` XOR each special
+/// byte, and "has a byte below 0x20".
+fn may_stop(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (below_space
+        | has_zero(w ^ (ONES * u64::from(b'"')))
+        | has_zero(w ^ (ONES * u64::from(b'\'')))
+        | has_zero(w ^ (ONES * u64::from(b'<')))
+        | has_zero(w ^ (ONES * u64::from(b'&')))
+        | has_zero(w ^ (ONES * 0xEF)))
+        != 0
 }
 
 /// Where `needle` first occurs in `b` at or after `from`.
