@@ -57,6 +57,7 @@ pub(super) enum LexKind {
     Forbidden(String),
 }
 
+#[cold]
 fn syntax<T>(pos: usize, message: impl Into<String>) -> Result<T, LexError> {
     Err(LexError {
         pos,

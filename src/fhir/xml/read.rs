@@ -119,6 +119,8 @@ enum Content<'i> {
 }
 
 impl<'i, 'm> Parser<'i, 'm> {
+    // Errors are built out of the way of the hot code (#[cold]).
+    #[cold]
     fn loc(&self, at: Option<&At>, pos: usize) -> Location {
         let (line, column) = line_col(self.text, pos);
         Location {
@@ -128,6 +130,7 @@ impl<'i, 'm> Parser<'i, 'm> {
         }
     }
 
+    #[cold]
     fn syntax(&self, pos: usize, message: String) -> Box<XmlError> {
         Box::new(XmlError::Syntax {
             at: self.loc(None, pos),
@@ -135,6 +138,7 @@ impl<'i, 'm> Parser<'i, 'm> {
         })
     }
 
+    #[cold]
     fn forbidden(&self, at: Option<&At>, pos: usize, what: &str) -> Box<XmlError> {
         Box::new(XmlError::Forbidden {
             at: self.loc(at, pos),
@@ -142,6 +146,7 @@ impl<'i, 'm> Parser<'i, 'm> {
         })
     }
 
+    #[cold]
     fn structure(&self, at: Option<&At>, pos: usize, message: String) -> Box<XmlError> {
         Box::new(XmlError::Structure {
             at: self.loc(at, pos),
@@ -149,6 +154,7 @@ impl<'i, 'm> Parser<'i, 'm> {
         })
     }
 
+    #[cold]
     fn lex_error(&self, e: LexError) -> Box<XmlError> {
         match e.kind {
             LexKind::Syntax(message) => self.syntax(e.pos, message),
@@ -168,6 +174,7 @@ impl<'i, 'm> Parser<'i, 'm> {
             .map_err(|AttrProblem(what)| self.forbidden(Some(at), pos, &what))
     }
 
+    #[cold]
     fn namespace_err(&self, e: &Start, at: &At, expected: &'static str) -> Box<XmlError> {
         Box::new(XmlError::Namespace {
             at: self.loc(Some(at), e.pos),
@@ -181,6 +188,7 @@ impl<'i, 'm> Parser<'i, 'm> {
         })
     }
 
+    #[cold]
     fn unknown_attribute(&self, at: &At, pos: usize, a: &Attr) -> Box<XmlError> {
         Box::new(XmlError::UnknownAttribute {
             at: self.loc(Some(at), pos),

@@ -92,6 +92,7 @@ fn pair_partners(entries: &mut Vec<Entry>) {
     entries.truncate(kept);
 }
 
+#[cold]
 fn write_err(at: &At, message: impl Into<String>) -> XmlError {
     XmlError::Write {
         path: at.render(),
