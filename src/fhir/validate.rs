@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::error::Issue;
-use super::model::{Kind, Model, TypeDef};
+use super::model::{Kind, Model, Primitive, TypeDef};
 use crate::time::fhir_date_range;
 
 /// Deepest nesting of objects and arrays a resource may have.
@@ -297,7 +297,8 @@ pub fn check_primitive<'v>(ty: &str, v: &'v Value) -> Result<(), String> {
                 Value::Number(n) => n,
                 _ => return Err(format!("expected a JSON number ({ty})")),
             };
-            let text = n.to_string();
+            // arbitrary_precision: the number as written, no copy
+            let text = n.as_str();
             let i: i64 = text
                 .parse()
                 .map_err(|_| format!("`{text}` is not an integer"))?;
@@ -323,39 +324,66 @@ pub fn check_primitive<'v>(ty: &str, v: &'v Value) -> Result<(), String> {
 /// Checks the text of a string-valued primitive (everything but booleans and numbers)
 /// against its lexical form.
 pub fn check_lexical(ty: &str, s: &str) -> Result<(), String> {
+    match Primitive::of(ty) {
+        Some(p) => check_text(p, s),
+        None if s.is_empty() => Err("empty string".into()),
+        None => Ok(()),
+    }
+}
+
+/// `check_lexical` for a type already resolved: byte loops, no allocation unless the text
+/// is wrong (the XML reader runs it on every `value` attribute).
+pub fn check_text(ty: Primitive, s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("empty string".into());
     }
+    let b = s.as_bytes();
     let ok = match ty {
-        "id" => {
+        Primitive::Id => {
             s.len() <= 64
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && b.iter()
+                    .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
         }
-        "code" => {
+        // no leading or trailing whitespace, no tab or line break, no double space
+        Primitive::Code => {
             !s.starts_with(char::is_whitespace)
                 && !s.ends_with(char::is_whitespace)
-                && !s.contains("  ")
-                && !s.contains(['\t', '\n', '\r'])
+                && b.iter()
+                    .try_fold(false, |after_space, &c| match c {
+                        b'\t' | b'\n' | b'\r' => None,
+                        b' ' if after_space => None,
+                        _ => Some(c == b' '),
+                    })
+                    .is_some()
         }
-        "uri" | "url" | "canonical" => !s.contains(char::is_whitespace),
-        "oid" => is_oid(s),
-        "uuid" => is_uuid(s),
-        "date" => s.len() <= 10 && fhir_date_range(s).is_some(),
-        "dateTime" => {
+        Primitive::Uri | Primitive::Url | Primitive::Canonical => !has_whitespace(s),
+        Primitive::Oid => is_oid(s),
+        Primitive::Uuid => is_uuid(s),
+        Primitive::Date => s.len() <= 10 && fhir_date_range(s).is_some(),
+        Primitive::DateTime => {
             fhir_date_range(s).is_some() && (s.len() <= 10 || has_zone(s) && s.len() >= 19)
         }
-        "instant" => fhir_date_range(s).is_some() && s.len() >= 20 && has_zone(s),
-        "time" => is_time(s),
-        "base64Binary" => s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b' ' | b'\n' | b'\r')
+        Primitive::Instant => fhir_date_range(s).is_some() && s.len() >= 20 && has_zone(s),
+        Primitive::Time => is_time(s),
+        Primitive::Base64Binary => b.iter().all(|&c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b' ' | b'\n' | b'\r')
         }),
         _ => true,
     };
     if ok {
         Ok(())
     } else {
-        Err(format!("`{s}` is not a valid {ty}"))
+        Err(format!("`{s}` is not a valid {}", ty.name()))
+    }
+}
+
+/// `s.contains(char::is_whitespace)`, without decoding characters when `s` is ASCII.
+fn has_whitespace(s: &str) -> bool {
+    // ASCII white space is at or below the space: one comparison a byte in the usual case
+    if s.bytes().all(|c| c > b' ' && c < 0x80) {
+        false
+    } else {
+        s.contains(char::is_whitespace)
     }
 }
 
@@ -370,25 +398,33 @@ fn is_oid(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("urn:oid:") else {
         return false;
     };
-    let parts: Vec<&str> = rest.split('.').collect();
-    parts.len() >= 2
-        && matches!(parts[0], "0" | "1" | "2")
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.bytes().all(|b| b.is_ascii_digit())
-                && (p.len() == 1 || !p.starts_with('0'))
-        })
+    let mut n = 0;
+    for (i, p) in rest.split('.').enumerate() {
+        let ok = !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && (p.len() == 1 || !p.starts_with('0'))
+            && (i > 0 || matches!(p, "0" | "1" | "2"));
+        if !ok {
+            return false;
+        }
+        n += 1;
+    }
+    n >= 2
 }
 
 fn is_uuid(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("urn:uuid:") else {
         return false;
     };
-    let groups: Vec<&str> = rest.split('-').collect();
-    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
-        && groups
-            .iter()
-            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+    let b = rest.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
 }
 
 fn is_time(s: &str) -> bool {
@@ -469,5 +505,31 @@ mod tests {
         assert!(check_primitive("integer", &json!(1.5)).is_err());
         assert!(check_primitive("time", &json!("10:00:00")).is_ok());
         assert!(check_primitive("boolean", &json!("true")).is_err());
+        for (ty, good, bad) in [
+            ("oid", "urn:oid:2.16.840", "urn:oid:3.1"),
+            ("oid", "urn:oid:1.0", "urn:oid:1"),
+            ("oid", "urn:oid:0.10.2", "urn:oid:1.02"),
+            ("oid", "urn:oid:1.2", "urn:oid:1..2"),
+            (
+                "uuid",
+                "urn:uuid:c757873d-ec9a-4326-a141-556f43239520",
+                "urn:uuid:c757873d-ec9a-4326-a141556f4-3239520",
+            ),
+            (
+                "uuid",
+                "urn:uuid:C757873D-EC9A-4326-A141-556F43239520",
+                "urn:uuid:c757873d-ec9a-4326-a141-556f4323952g",
+            ),
+            ("code", "a b", "a  b"),
+            ("code", "a-b", "a\tb"),
+            ("code", "é", "\u{a0}x"),
+            ("uri", "http://x/é", "http://x/\u{2003}"),
+            ("uri", "urn:x", "urn: x"),
+        ] {
+            assert!(check_lexical(ty, good).is_ok(), "{ty} {good}");
+            assert!(check_lexical(ty, bad).is_err(), "{ty} {bad}");
+        }
+        assert!(check_lexical("uri", "").is_err());
+        assert!(check_lexical("notAType", "x").is_ok());
     }
 }
