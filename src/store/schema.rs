@@ -41,6 +41,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0005_audit_events.sql"),
         postgres: include_str!("../../migrations/postgres/0005_audit_events.sql"),
     },
+    Migration {
+        version: 6,
+        name: "versions_rowid",
+        sqlite: include_str!("../../migrations/sqlite/0006_versions_rowid.sql"),
+        postgres: include_str!("../../migrations/postgres/0006_versions_rowid.sql"),
+    },
 ];
 
 /// Applies the missing migrations; returns how many ran.
