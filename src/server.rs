@@ -176,7 +176,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             return Err(ServeError::DevModeNotLoopback(addr.to_string()));
         }
         tracing::warn!(
-            "dev auth mode: callers are taken from the X-Passerelle-Role header; listening on loopback only"
+            "dev auth mode: callers are taken from the X-Passerelle-Role header or a registered client's token; listening on loopback only"
         );
     }
     let listener = TcpListener::bind(addr)
