@@ -60,6 +60,118 @@ fn migrate_creates_the_sqlite_database() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A database made before migration 6 (`versions` WITHOUT ROWID) keeps every version, bodies
+/// larger than a page and deletions included, when `migrate` rebuilds the table.
+#[tokio::test]
+async fn migrate_keeps_the_versions_of_an_older_database() {
+    use sqlx::{Connection, Row, sqlite::SqliteConnection};
+    let dir = temp_dir("migrate-old");
+    let db = dir.join("old.db");
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    let mut files: Vec<_> = std::fs::read_dir(&migrations)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    let big = format!(
+        r#"{{"resourceType":"Task","id":"t1","note":[{{"text":"{}"}}]}}"#,
+        "x".repeat(9000)
+    );
+    {
+        let mut c = SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+        // the schema as it was before migration 6
+        for (i, f) in files.iter().take(5).enumerate() {
+            let script = std::fs::read_to_string(f).unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO schema_migrations VALUES ($1, 'old', 0)")
+                .bind(i as i64 + 1)
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        sqlx::raw_sql(
+            "INSERT INTO resources VALUES (1, 'Task', 't1', 3, 30, TRUE);
+             INSERT INTO versions VALUES (1, 1, 10, 'POST', '{\"resourceType\":\"Task\",\"id\":\"t1\"}');
+             INSERT INTO versions VALUES (1, 3, 30, 'DELETE', NULL);",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO versions VALUES (1, 2, 20, 'PUT', $1)")
+            .bind(&big)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    }
+    let out = passerelle()
+        .arg("migrate")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = SqliteConnection::connect(&url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT version, last_updated, method, body FROM versions WHERE rid = 1 ORDER BY version",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    let got: Vec<(i64, i64, String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                1,
+                10,
+                "POST".into(),
+                Some(r#"{"resourceType":"Task","id":"t1"}"#.into())
+            ),
+            (2, 20, "PUT".into(), Some(big)),
+            (3, 30, "DELETE".into(), None),
+        ]
+    );
+    let table: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'versions'")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(!table.to_uppercase().contains("WITHOUT ROWID"), "{table}");
+    let index: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'versions_updated'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(index, 1);
+    // a second version (1, 2) is refused: the key is still unique
+    assert!(
+        sqlx::query("INSERT INTO versions VALUES (1, 2, 40, 'PUT', '{}')")
+            .execute(&mut c)
+            .await
+            .is_err()
+    );
+    c.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn configuration_errors_name_the_file_and_key() {
     let dir = temp_dir("config");
