@@ -35,10 +35,8 @@ fn help_for_every_subcommand() {
     }
 }
 
-#[test]
-fn migrate_creates_the_sqlite_database() {
-    let dir = temp_dir("migrate");
-    let db = dir.join("fresh.db");
+/// `passerelle migrate` on the SQLite file `db`, which must succeed.
+fn migrate(db: &std::path::Path) {
     let out = passerelle()
         .arg("migrate")
         .env("DATABASE_URL", format!("sqlite://{}", db.display()))
@@ -49,14 +47,16 @@ fn migrate_creates_the_sqlite_database() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn migrate_creates_the_sqlite_database() {
+    let dir = temp_dir("migrate");
+    let db = dir.join("fresh.db");
+    migrate(&db);
     assert!(db.exists());
     // running it again is a no-op
-    let again = passerelle()
-        .arg("migrate")
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .output()
-        .unwrap();
-    assert!(again.status.success());
+    migrate(&db);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -115,16 +115,7 @@ async fn migrate_keeps_the_versions_of_an_older_database() {
             .unwrap();
         c.close().await.unwrap();
     }
-    let out = passerelle()
-        .arg("migrate")
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    migrate(&db);
     let mut c = SqliteConnection::connect(&url).await.unwrap();
     let rows = sqlx::query(
         "SELECT version, last_updated, method, body FROM versions WHERE rid = 1 ORDER BY version",

@@ -25,9 +25,16 @@ pub const CATEGORY_SYSTEM: &str = "https://mos.esante.gouv.fr/NOS/TRE_R09-Catego
 pub const SPECIALTY_SYSTEM: &str =
     "https://mos.esante.gouv.fr/NOS/TRE_R38-SpecialiteOrdinale/FHIR/TRE-R38-SpecialiteOrdinale";
 
-/// Who writes the accounts.
-pub fn psc_system() -> Caller {
-    Caller::System("psc".into())
+/// Keeps a new version of the account `Practitioner/id`, written by the system "psc" through
+/// the FHIR write path (its checks, index rows and history).
+pub async fn save_account(
+    fhir: &Fhir,
+    tx: &mut Tx<'_>,
+    id: &str,
+    body: Value,
+) -> Result<interaction::Resp> {
+    let psc = Caller::System("psc".into());
+    interaction::update(fhir, tx, &psc, "Practitioner", id, Some(body), None, "PUT").await
 }
 
 /// A person's account as it stands after a sign-in.
@@ -254,17 +261,7 @@ pub async fn ensure_practitioner(fhir: &Arc<Fhir>, identity: &Identity) -> Resul
                     None => (new_id(), None, practitioner_from_claims(None, &identity)),
                 };
                 body["id"] = json!(id);
-                let resp = interaction::update(
-                    &f,
-                    tx,
-                    &psc_system(),
-                    "Practitioner",
-                    &id,
-                    Some(body),
-                    None,
-                    "PUT",
-                )
-                .await?;
+                let resp = save_account(&f, tx, &id, body).await?;
                 let version = resp.version.unwrap_or(1);
                 let changed = before != Some(version);
                 if changed {

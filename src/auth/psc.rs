@@ -101,17 +101,11 @@ pub struct RefPro {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Exercice {
-    #[serde(default)]
     pub code_profession: Option<String>,
-    #[serde(default)]
     pub code_categorie_professionnelle: Option<String>,
-    #[serde(default)]
     pub nom_dexercice: Option<String>,
-    #[serde(default)]
     pub prenom_dexercice: Option<String>,
-    #[serde(default)]
     pub code_type_savoir_faire: Option<String>,
-    #[serde(default)]
     pub code_savoir_faire: Option<String>,
     #[serde(default)]
     pub activities: Vec<Value>,
@@ -119,9 +113,7 @@ pub struct Exercice {
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct OtherId {
-    #[serde(default)]
     pub identifiant: Option<String>,
-    #[serde(default)]
     pub origine: Option<String>,
 }
 
@@ -129,20 +121,15 @@ pub struct OtherId {
 /// certificate sends its back-channel requests.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct MtlsAliases {
-    #[serde(default)]
     pub token_endpoint: Option<String>,
-    #[serde(default)]
     pub userinfo_endpoint: Option<String>,
-    #[serde(default)]
     pub introspection_endpoint: Option<String>,
 }
 
 /// The discovery fields the crate does not type.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct PscMetadata {
-    #[serde(default)]
     pub introspection_endpoint: Option<String>,
-    #[serde(default)]
     pub mtls_endpoint_aliases: Option<MtlsAliases>,
 }
 impl AdditionalProviderMetadata for PscMetadata {}

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::accounts::{locked_account, psc_system};
+use super::accounts::{locked_account, save_account};
 use crate::config::AuthConfig;
 use crate::fhir::error::{Error, Result};
-use crate::fhir::interaction::{self, Fhir, put_resource};
+use crate::fhir::interaction::{Fhir, put_resource};
 use crate::time::format_instant;
 
 /// The extension on Practitioner recording the last accepted version.
@@ -117,17 +117,7 @@ pub async fn accept(fhir: &Arc<Fhir>, subject_name_id: &str, version: &str) -> R
                 }
                 let date = format_instant(tx.now());
                 let next = with_acceptance(&body, &version, &date);
-                let resp = interaction::update(
-                    &f,
-                    tx,
-                    &psc_system(),
-                    "Practitioner",
-                    &id,
-                    Some(next),
-                    None,
-                    "PUT",
-                )
-                .await?;
+                let resp = save_account(&f, tx, &id, next).await?;
                 let target = format!(
                     "Practitioner/{id}/_history/{}",
                     resp.version.unwrap_or_default()

@@ -224,24 +224,11 @@ fn filter(sql: &mut Sql, f: &Filter, columns: Columns) -> Result<(), LogQueryErr
             if seqs.is_empty() {
                 sql.push("1 = 0");
             } else {
-                sql.push("seq IN (");
-                for (i, s) in seqs.into_iter().enumerate() {
-                    if i > 0 {
-                        sql.push(", ");
-                    }
-                    sql.bind(Arg::Int(s));
-                }
-                sql.push(")");
+                sql.push("seq IN ");
+                sql.bind_list(seqs.into_iter().map(Arg::Int));
             }
         }
-        Filter::LastUpdated(bounds) => {
-            sql.push("(1 = 1");
-            for (cmp, t) in bounds {
-                let _ = write!(sql.text, " AND recorded {} ", cmp.sql());
-                sql.bind(Arg::Int(*t));
-            }
-            sql.push(")");
-        }
+        Filter::LastUpdated(bounds) => sql.bounds("recorded", bounds),
         Filter::Has {
             table,
             param,

@@ -1147,14 +1147,8 @@ impl Conn<'_> {
             sql.push(" AND target_type = ");
             sql.bind(Arg::Text(t.to_owned()));
         }
-        sql.push(" AND rid IN (");
-        for (i, rid) in rids.iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(Arg::Int(*rid));
-        }
-        sql.push(")");
+        sql.push(" AND rid IN ");
+        sql.bind_list(rids.iter().copied().map(Arg::Int));
         Ok(on_conn!(self, |c| {
             let q = bind_args!(
                 sqlx::query_as::<_, (String, String)>(AssertSqlSafe(sql.text.as_str())),

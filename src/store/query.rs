@@ -196,6 +196,26 @@ impl Sql {
     pub fn push(&mut self, s: &str) {
         self.text.push_str(s);
     }
+    /// `(a, b, …)`: one placeholder per argument.
+    pub fn bind_list(&mut self, args: impl IntoIterator<Item = Arg>) {
+        self.push("(");
+        for (i, a) in args.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(a);
+        }
+        self.push(")");
+    }
+    /// `(1 = 1 AND column < $n …)`: the `_lastUpdated`-style bounds on an instant column.
+    pub fn bounds(&mut self, column: &str, bounds: &[(Cmp, i64)]) {
+        self.push("(1 = 1");
+        for (cmp, t) in bounds {
+            let _ = write!(self.text, " AND {column} {} ", cmp.sql());
+            self.bind(Arg::Int(*t));
+        }
+        self.push(")");
+    }
 }
 
 /// `SELECT <columns> FROM resources r JOIN versions v … WHERE <filters> ORDER BY … LIMIT …`
@@ -372,23 +392,10 @@ fn filter(sql: &mut Sql, f: &Filter, alias: &str, rtype: &str) {
     match f {
         Filter::Nothing => sql.push("1 = 0"),
         Filter::Id(ids) => {
-            let _ = write!(sql.text, "{alias}.id IN (");
-            for (i, id) in ids.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
-                }
-                sql.bind(Arg::Text(id.clone()));
-            }
-            sql.push(")");
+            let _ = write!(sql.text, "{alias}.id IN ");
+            sql.bind_list(ids.iter().map(|id| Arg::Text(id.clone())));
         }
-        Filter::LastUpdated(bounds) => {
-            sql.push("(1 = 1");
-            for (cmp, t) in bounds {
-                let _ = write!(sql.text, " AND {alias}.last_updated {} ", cmp.sql());
-                sql.bind(Arg::Int(*t));
-            }
-            sql.push(")");
-        }
+        Filter::LastUpdated(bounds) => sql.bounds(&format!("{alias}.last_updated"), bounds),
         // `rid IN (SELECT …)` rather than a correlated EXISTS: the index lookup drives the
         // query instead of a scan of every resource of the type checking each one.
         Filter::Has {
