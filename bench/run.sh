@@ -238,7 +238,8 @@ TOML
   tool mem "$pid" >"$WORK/mem-peak-$engine.json"
   local db_bytes=0
   if [ "$engine" = sqlite ]; then
-    db_bytes=$(cat "$WORK"/passerelle-sqlite.db* 2>/dev/null | wc -c)
+    # the database and its audit trail's file (passerelle-sqlite-audit.db), WAL files included
+    db_bytes=$(cat "$WORK"/passerelle-sqlite.db* "$WORK"/passerelle-sqlite-audit.db* 2>/dev/null | wc -c)
   else
     db_bytes=$(timeout 30 psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -Atc \
       "select pg_database_size(current_database())" 2>/dev/null || echo 0)

@@ -184,6 +184,7 @@ fn main() -> ExitCode {
                 let opts = StoreOptions {
                     pool_size: 1,
                     sqlite_durable: config.sqlite_durable,
+                    sqlite_mmap_bytes: 0,
                 };
                 Store::open(&config.database_url, &opts, Arc::new(SystemClock))
                     .await

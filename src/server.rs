@@ -71,6 +71,7 @@ impl App {
             &StoreOptions {
                 pool_size: config.db_pool_size,
                 sqlite_durable: config.sqlite_durable,
+                sqlite_mmap_bytes: config.sqlite_mmap_mb.saturating_mul(1 << 20),
             },
             clock,
         )

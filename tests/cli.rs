@@ -55,13 +55,16 @@ fn migrate_creates_the_sqlite_database() {
     let db = dir.join("fresh.db");
     migrate(&db);
     assert!(db.exists());
+    // the audit trail has its own file beside the database
+    assert!(dir.join("fresh-audit.db").exists());
     // running it again is a no-op
     migrate(&db);
     let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A database made before migration 6 (`versions` WITHOUT ROWID) keeps every version, bodies
-/// larger than a page and deletions included, when `migrate` rebuilds the table.
+/// larger than a page and deletions included, when `migrate` rebuilds the table; its audit
+/// trail moves to the audit file with its sequence numbers.
 #[tokio::test]
 async fn migrate_keeps_the_versions_of_an_older_database() {
     use sqlx::{Connection, Row, sqlite::SqliteConnection};
@@ -113,9 +116,36 @@ async fn migrate_keeps_the_versions_of_an_older_database() {
             .execute(&mut c)
             .await
             .unwrap();
+        // the audit trail as migration 5 kept it, in the main file
+        sqlx::raw_sql(
+            "INSERT INTO audit_events VALUES (7, 70, NULL, NULL, 'Patient', 'p1', 'Task', 't1',
+                's', 'rest', 's', 'read', 'R', '0', '{\"action\":\"R\"}');
+             INSERT INTO audit_events VALUES (9, 90, NULL, NULL, NULL, NULL, 'Task', 't1',
+                's', 'rest', 's', 'delete', 'D', '0', '{\"action\":\"D\"}');",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
         c.close().await.unwrap();
     }
     migrate(&db);
+    // ... its rows moved to the audit file, and only there; a second start moves nothing
+    migrate(&db);
+    let audit_url = format!("sqlite://{}", dir.join("old-audit.db").display());
+    let mut a = SqliteConnection::connect(&audit_url).await.unwrap();
+    let events: Vec<(i64, i64, String)> =
+        sqlx::query_as("SELECT seq, recorded, body FROM audit_events ORDER BY seq")
+            .fetch_all(&mut a)
+            .await
+            .unwrap();
+    assert_eq!(
+        events,
+        vec![
+            (7, 70, r#"{"action":"R"}"#.into()),
+            (9, 90, r#"{"action":"D"}"#.into())
+        ]
+    );
+    a.close().await.unwrap();
     let mut c = SqliteConnection::connect(&url).await.unwrap();
     let rows = sqlx::query(
         "SELECT version, last_updated, method, body FROM versions WHERE rid = 1 ORDER BY version",
@@ -152,6 +182,13 @@ async fn migrate_keeps_the_versions_of_an_older_database() {
     .await
     .unwrap();
     assert_eq!(index, 1);
+    let main_audit: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_events'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(main_audit, 0);
     // a second version (1, 2) is refused: the key is still unique
     assert!(
         sqlx::query("INSERT INTO versions VALUES (1, 2, 40, 'PUT', '{}')")

@@ -230,6 +230,9 @@ pub struct StoreOptions {
     pub pool_size: u32,
     /// SQLite `synchronous=FULL` (every acknowledged commit is on disk) or `NORMAL`.
     pub sqlite_durable: bool,
+    /// How much of the SQLite file the readers map into memory (`PRAGMA mmap_size`); 0 reads
+    /// with `pread` only.
+    pub sqlite_mmap_bytes: u64,
 }
 
 impl Store {
@@ -262,18 +265,44 @@ impl Store {
             let mut writer_conn = SqliteConnection::connect_with(&opts)
                 .await
                 .map_err(|e| open_err(&e))?;
+            let audit_file = audit_file(opts.get_filename());
             {
                 let now = clock.now();
                 let mut conn = Conn::Sqlite(&mut writer_conn, None);
                 schema::migrate(&mut conn, now).await?;
+                attach_audit(&mut writer_conn, &audit_file).await?;
+                let synchronous = if options.sqlite_durable {
+                    "FULL"
+                } else {
+                    "NORMAL"
+                };
+                let mut conn = Conn::Sqlite(&mut writer_conn, None);
+                conn.execute_script(&format!(
+                    "PRAGMA audit.journal_mode = WAL; PRAGMA audit.synchronous = {synchronous};"
+                ))
+                .await?;
+                schema::audit_file(&mut conn).await?;
                 // Planner statistics, so that index lookups drive searches (sqlite.org/lang_analyze.html).
                 conn.execute_script("PRAGMA optimize=0x10002").await?;
             }
             // Readers share the page cache of the OS; a small private cache each keeps the
-            // footprint low (the writer keeps the larger one above).
+            // footprint low (the writer keeps the larger one above). In WAL mode every commit
+            // empties each reader's private cache: reading through a memory map, a search then
+            // costs page lookups instead of one `pread` per page (~480 for a dashboard page).
             let readers = SqlitePoolOptions::new()
                 .max_connections(options.pool_size.max(1))
-                .connect_with(opts.read_only(true).pragma("cache_size", "-2000"))
+                // A file connection does not go stale like a socket: pinging it before each
+                // read would cost one more hand-off to its worker thread per request.
+                .test_before_acquire(false)
+                .after_connect(move |conn, _| {
+                    let file = audit_file.clone();
+                    Box::pin(async move { attach_audit(conn, &file).await.map_err(sqlx_error) })
+                })
+                .connect_with(
+                    opts.read_only(true)
+                        .pragma("cache_size", "-2000")
+                        .pragma("mmap_size", options.sqlite_mmap_bytes.to_string()),
+                )
                 .await
                 .map_err(|e| open_err(&e))?;
             let (tx, rx) = mpsc::channel(1024);
@@ -433,6 +462,41 @@ impl Store {
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
         self.read(move |c| Box::pin(async move { c.version(&rtype, &id, version).await }))
             .await
+    }
+}
+
+/// The file of a SQLite database's audit trail: `NAME-audit.EXT` beside `NAME.EXT`.
+fn audit_file(main: &std::path::Path) -> std::path::PathBuf {
+    let stem = main.file_stem().map_or_else(
+        || std::ffi::OsString::from("passerelle"),
+        |s| s.to_os_string(),
+    );
+    let mut name = stem;
+    name.push("-audit");
+    if let Some(ext) = main.extension() {
+        name.push(".");
+        name.push(ext);
+    }
+    main.with_file_name(name)
+}
+
+/// Attaches the audit trail's file as schema `audit` (created by the writer if missing; a
+/// read-only connection attaches it read-only).
+async fn attach_audit(
+    conn: &mut SqliteConnection,
+    file: &std::path::Path,
+) -> Result<(), StoreError> {
+    sqlx::query("ATTACH DATABASE $1 AS audit")
+        .bind(file.to_string_lossy().into_owned())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn sqlx_error(e: StoreError) -> sqlx::Error {
+    match e {
+        StoreError::Database(e) => e,
+        other => sqlx::Error::Protocol(other.to_string()),
     }
 }
 
@@ -987,6 +1051,17 @@ impl Conn<'_> {
             sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut **c).await?;
         });
         Ok(())
+    }
+
+    /// Whether the main SQLite file holds the table `name`.
+    async fn main_has_table(&mut self, name: &str) -> Result<bool, StoreError> {
+        let sql = "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'table' AND name = $1";
+        Ok(on_conn!(self, |c| {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(name)
+                .fetch_one(&mut **c)
+                .await?
+        }) > 0)
     }
 
     async fn applied_migrations(&mut self) -> Result<Vec<i64>, StoreError> {

@@ -49,6 +49,25 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// Creates the audit trail's table in the attached `audit` file if missing, and moves there
+/// the rows of the main file's table (migration 5) before dropping it. The copy ignores rows
+/// already moved, so a crash between the two files' commits only repeats it at the next start.
+pub(super) async fn audit_file(conn: &mut Conn<'_>) -> Result<(), StoreError> {
+    conn.execute_script(include_str!("../../migrations/sqlite/audit.sql"))
+        .await?;
+    if conn.main_has_table("audit_events").await? {
+        conn.execute_script(
+            "BEGIN IMMEDIATE;
+             INSERT OR IGNORE INTO audit.audit_events SELECT * FROM main.audit_events;
+             DROP TABLE main.audit_events;
+             COMMIT;",
+        )
+        .await?;
+        tracing::info!("moved the audit trail to its own file");
+    }
+    Ok(())
+}
+
 /// Applies the missing migrations; returns how many ran.
 pub(super) async fn migrate(conn: &mut Conn<'_>, now: i64) -> Result<usize, StoreError> {
     conn.execute_script(
