@@ -149,10 +149,7 @@ impl Conn<'_> {
         }
         sql.push("seq");
         if q.limit != usize::MAX {
-            sql.push(" LIMIT ");
-            sql.bind(Arg::Int(q.limit as i64));
-            sql.push(" OFFSET ");
-            sql.bind(Arg::Int(q.offset as i64));
+            sql.limit(q.limit, q.offset);
         }
         Ok(on_conn!(self, |c| {
             bind_args!(sqlx::query(AssertSqlSafe(sql.text)), &sql.args)

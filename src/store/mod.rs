@@ -1263,8 +1263,8 @@ impl Conn<'_> {
             sql.bind(Arg::Text(id.clone()));
             sql.push(")");
         }
-        sql.push(")) ORDER BY r.rid LIMIT ");
-        sql.bind(Arg::Int(limit as i64));
+        sql.push(")) ORDER BY r.rid");
+        sql.limit(limit, 0);
         self.fetch_stored(&sql).await
     }
 
@@ -1297,14 +1297,12 @@ impl Conn<'_> {
         let mut page = query::Sql {
             text: format!(
                 "SELECT r.rtype, r.id, v.version, v.last_updated, v.method, v.body {from}{} \
-                 ORDER BY v.last_updated DESC, v.rid DESC, v.version DESC LIMIT ",
+                 ORDER BY v.last_updated DESC, v.rid DESC, v.version DESC",
                 cond.text
             ),
             args: cond.args.clone(),
         };
-        page.bind(Arg::Int(limit as i64));
-        page.push(" OFFSET ");
-        page.bind(Arg::Int(offset as i64));
+        page.limit(limit, offset);
         Ok(on_conn!(self, |c| {
             let total = bind_args!(
                 sqlx::query_scalar::<_, i64>(AssertSqlSafe(count_sql.as_str())),
