@@ -408,26 +408,40 @@ impl Store {
                 }
             }
             Backend::Postgres { pool } => {
-                // sqlx's Transaction rolls back if dropped unfinished (a panic, a cancelled
-                // request), so no connection goes back to the pool inside a transaction.
-                let mut t = pool.begin().await.map_err(StoreError::from)?;
+                // The transaction runs in a task of its own, so that a request cancelled
+                // halfway (its client gone) cannot cancel it: sqlx 0.9.0 leaves a pooled
+                // connection inside a transaction when `begin` is cancelled at the wrong
+                // moment (transact-rs/sqlx#4393), and the next borrower would run in it. As on
+                // SQLite, a write once started ends with its commit or rollback whether or not
+                // anyone still waits for the answer.
+                let pool = pool.clone();
                 let now = to_millis_precision(self.inner.clock.now());
-                let out = {
-                    let mut tx = Tx {
-                        conn: Conn::Pg(&mut t),
-                        now,
-                        written: None,
+                let job = tokio::spawn(async move {
+                    let mut t = pool.begin().await.map_err(StoreError::from)?;
+                    let out = {
+                        let mut tx = Tx {
+                            conn: Conn::Pg(&mut t),
+                            now,
+                            written: None,
+                        };
+                        f(&mut tx).await
                     };
-                    f(&mut tx).await
-                };
-                match out {
-                    Ok(v) => {
-                        t.commit().await.map_err(StoreError::from)?;
-                        Ok(v)
+                    match out {
+                        Ok(v) => {
+                            t.commit().await.map_err(StoreError::from)?;
+                            Ok(v)
+                        }
+                        Err(e) => {
+                            t.rollback().await.map_err(StoreError::from)?;
+                            Err(e)
+                        }
                     }
-                    Err(e) => {
-                        t.rollback().await.map_err(StoreError::from)?;
-                        Err(e)
+                });
+                match job.await {
+                    Ok(out) => out,
+                    Err(_) => {
+                        tracing::error!("a write job panicked; its changes are rolled back");
+                        Err(E::from(StoreError::JobPanicked))
                     }
                 }
             }
