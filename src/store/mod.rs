@@ -29,6 +29,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 pub use query::{Arg, Check, Cmp, Filter, Query, Sort, SortKey, Table, like_escape};
 pub use sync_state::SyncState;
@@ -218,6 +219,8 @@ type JobFn =
 struct Job {
     run: JobFn,
     reply: oneshot::Sender<Result<Result<Erased, Erased>, StoreError>>,
+    /// The requester's span: what the job logs carries its request id.
+    span: tracing::Span,
 }
 
 /// Most jobs one SQLite commit carries.
@@ -398,7 +401,11 @@ impl Store {
                 });
                 let (reply, rx) = oneshot::channel();
                 writer
-                    .send(Job { run, reply })
+                    .send(Job {
+                        run,
+                        reply,
+                        span: tracing::Span::current(),
+                    })
                     .await
                     .map_err(|_| E::from(StoreError::WriterGone))?;
                 let done = rx.await.map_err(|_| E::from(StoreError::WriterGone))?;
@@ -416,27 +423,30 @@ impl Store {
                 // anyone still waits for the answer.
                 let pool = pool.clone();
                 let now = to_millis_precision(self.inner.clock.now());
-                let job = tokio::spawn(async move {
-                    let mut t = pool.begin().await.map_err(StoreError::from)?;
-                    let out = {
-                        let mut tx = Tx {
-                            conn: Conn::Pg(&mut t),
-                            now,
-                            written: None,
+                let job = tokio::spawn(
+                    async move {
+                        let mut t = pool.begin().await.map_err(StoreError::from)?;
+                        let out = {
+                            let mut tx = Tx {
+                                conn: Conn::Pg(&mut t),
+                                now,
+                                written: None,
+                            };
+                            f(&mut tx).await
                         };
-                        f(&mut tx).await
-                    };
-                    match out {
-                        Ok(v) => {
-                            t.commit().await.map_err(StoreError::from)?;
-                            Ok(v)
-                        }
-                        Err(e) => {
-                            t.rollback().await.map_err(StoreError::from)?;
-                            Err(e)
+                        match out {
+                            Ok(v) => {
+                                t.commit().await.map_err(StoreError::from)?;
+                                Ok(v)
+                            }
+                            Err(e) => {
+                                t.rollback().await.map_err(StoreError::from)?;
+                                Err(e)
+                            }
                         }
                     }
-                });
+                    .in_current_span(),
+                );
                 match job.await {
                     Ok(out) => out,
                     Err(_) => {
@@ -593,7 +603,9 @@ async fn sqlite_writer(
             ..Batch::default()
         };
         for job in batch.drain(..) {
-            let outcome = run_job(&mut conn, job.run, &*clock, &mut written, &mut rows).await;
+            let outcome = run_job(&mut conn, job.run, &*clock, &mut written, &mut rows)
+                .instrument(job.span)
+                .await;
             results.push(outcome);
             replies.push(job.reply);
         }
