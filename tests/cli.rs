@@ -175,20 +175,28 @@ async fn migrate_keeps_the_versions_of_an_older_database() {
         .await
         .unwrap();
     assert!(!table.to_uppercase().contains("WITHOUT ROWID"), "{table}");
-    let index: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'versions_updated'",
-    )
-    .fetch_one(&mut c)
-    .await
-    .unwrap();
-    assert_eq!(index, 1);
-    let main_audit: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'audit_events'",
-    )
-    .fetch_one(&mut c)
-    .await
-    .unwrap();
-    assert_eq!(main_audit, 0);
+    let count = |kind: &'static str, name: &'static str| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = $1 AND name = $2",
+        )
+        .bind(kind)
+        .bind(name)
+    };
+    assert_eq!(
+        count("index", "versions_updated")
+            .fetch_one(&mut c)
+            .await
+            .unwrap(),
+        1
+    );
+    // the main file no longer holds the audit trail
+    assert_eq!(
+        count("table", "audit_events")
+            .fetch_one(&mut c)
+            .await
+            .unwrap(),
+        0
+    );
     // a second version (1, 2) is refused: the key is still unique
     assert!(
         sqlx::query("INSERT INTO versions VALUES (1, 2, 40, 'PUT', '{}')")

@@ -268,18 +268,16 @@ impl Store {
             let mut writer_conn = SqliteConnection::connect_with(&opts)
                 .await
                 .map_err(|e| open_err(&e))?;
-            let audit_file = audit_file(opts.get_filename());
+            let audit_file = audit_path(opts.get_filename());
+            attach_audit(&mut writer_conn, &audit_file).await?;
             {
-                let now = clock.now();
                 let mut conn = Conn::Sqlite(&mut writer_conn, None);
-                schema::migrate(&mut conn, now).await?;
-                attach_audit(&mut writer_conn, &audit_file).await?;
+                schema::migrate(&mut conn, clock.now()).await?;
                 let synchronous = if options.sqlite_durable {
                     "FULL"
                 } else {
                     "NORMAL"
                 };
-                let mut conn = Conn::Sqlite(&mut writer_conn, None);
                 conn.execute_script(&format!(
                     "PRAGMA audit.journal_mode = WAL; PRAGMA audit.synchronous = {synchronous};"
                 ))
@@ -299,7 +297,7 @@ impl Store {
                 .test_before_acquire(false)
                 .after_connect(move |conn, _| {
                     let file = audit_file.clone();
-                    Box::pin(async move { attach_audit(conn, &file).await.map_err(sqlx_error) })
+                    Box::pin(async move { attach_audit(conn, &file).await })
                 })
                 .connect_with(
                     opts.read_only(true)
@@ -490,7 +488,7 @@ impl Store {
 }
 
 /// The file of a SQLite database's audit trail: `NAME-audit.EXT` beside `NAME.EXT`.
-fn audit_file(main: &std::path::Path) -> std::path::PathBuf {
+fn audit_path(main: &std::path::Path) -> std::path::PathBuf {
     let stem = main.file_stem().map_or_else(
         || std::ffi::OsString::from("passerelle"),
         |s| s.to_os_string(),
@@ -506,22 +504,12 @@ fn audit_file(main: &std::path::Path) -> std::path::PathBuf {
 
 /// Attaches the audit trail's file as schema `audit` (created by the writer if missing; a
 /// read-only connection attaches it read-only).
-async fn attach_audit(
-    conn: &mut SqliteConnection,
-    file: &std::path::Path,
-) -> Result<(), StoreError> {
+async fn attach_audit(conn: &mut SqliteConnection, file: &std::path::Path) -> sqlx::Result<()> {
     sqlx::query("ATTACH DATABASE $1 AS audit")
         .bind(file.to_string_lossy().into_owned())
         .execute(&mut *conn)
         .await?;
     Ok(())
-}
-
-fn sqlx_error(e: StoreError) -> sqlx::Error {
-    match e {
-        StoreError::Database(e) => e,
-        other => sqlx::Error::Protocol(other.to_string()),
-    }
 }
 
 /// Keeps the password out of logs and errors.
