@@ -62,3 +62,72 @@ async fn a_write_finishes_when_its_requester_goes_away_sqlite() {
 async fn a_write_finishes_when_its_requester_goes_away_postgres() {
     a_write_finishes_when_its_requester_goes_away(common::Engine::Postgres).await;
 }
+
+/// Jobs sent together (on SQLite one batch, one transaction) each keep or lose what they wrote
+/// directly, alone: a failing job's counter increments are undone, so the jobs that succeed
+/// get 1, 2, 3, 4 whatever their order; a job that only reads commits nothing and fails
+/// nobody. On SQLite the batch's transaction begins at its first write.
+async fn jobs_of_one_batch_keep_or_lose_their_own_writes(engine: common::Engine) {
+    let Some((url, _guard)) = common::fresh_database(engine).await else {
+        return;
+    };
+    let options = StoreOptions {
+        pool_size: 2,
+        sqlite_durable: true,
+        sqlite_mmap_bytes: 0,
+    };
+    let store = Store::open(&url, &options, Arc::new(SystemClock))
+        .await
+        .expect("open");
+    // a batch of one job that only reads, then one that fails after writing
+    let read: Result<bool, StoreError> = store
+        .write(|tx| Box::pin(async move { Ok(tx.current("Patient", "nobody").await?.is_none()) }))
+        .await;
+    assert!(read.expect("a read-only job"));
+    let failed: Result<i64, StoreError> = store
+        .write(|tx| {
+            Box::pin(async move {
+                tx.next_number("n").await?;
+                Err(StoreError::JobPanicked)
+            })
+        })
+        .await;
+    assert!(failed.is_err());
+    // twelve jobs at once: every third only reads, the others alternately keep and fail
+    let jobs = (0..12u32).map(|i| {
+        store.write(move |tx| {
+            Box::pin(async move {
+                if i % 3 == 2 {
+                    return Ok(tx.current("Patient", "nobody").await?.map(|_| -1));
+                }
+                let n = tx.next_number("n").await?;
+                if i % 2 == 1 {
+                    return Err(StoreError::JobPanicked);
+                }
+                Ok(Some(n))
+            })
+        })
+    });
+    let outcomes: Vec<Result<Option<i64>, StoreError>> = futures::future::join_all(jobs).await;
+    let mut kept: Vec<i64> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied().flatten())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, [1, 2, 3, 4], "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| o.is_err()).count(), 4);
+    let next: Result<i64, StoreError> = store
+        .write(|tx| Box::pin(async move { tx.next_number("n").await }))
+        .await;
+    assert_eq!(next.expect("next write"), 5);
+}
+
+#[tokio::test]
+async fn jobs_of_one_batch_keep_or_lose_their_own_writes_sqlite() {
+    jobs_of_one_batch_keep_or_lose_their_own_writes(common::Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn jobs_of_one_batch_keep_or_lose_their_own_writes_postgres() {
+    jobs_of_one_batch_keep_or_lose_their_own_writes(common::Engine::Postgres).await;
+}

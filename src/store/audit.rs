@@ -12,10 +12,12 @@
 
 use std::fmt::Write;
 
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, AssertSqlSafe, Row};
 
 use super::query::{Arg, Check, Filter, Query, SortKey, Sql, Table};
-use super::{Conn, StoreError};
+use super::{Conn, Script, StoreError};
 use crate::time::Micros;
 
 /// One event as kept.
@@ -61,45 +63,65 @@ const INSERT_HEAD: &str = "INSERT INTO audit_events (recorded, agent_type, agent
     patient_type, patient_id, entity_type, entity_id, type_system, type_code, subtype_system, \
     subtype_code, action, outcome, body) VALUES ";
 
-/// Writes rows now, as multi-row INSERTs. `positional`: SQLite's anonymous `?` placeholders
-/// (numbered ones make sqlite3_bind_parameter_name scan every parameter at each bind).
-pub(super) async fn insert(
-    conn: &mut Conn<'_>,
-    rows: &[AuditRow],
-    positional: bool,
-) -> Result<(), StoreError> {
-    for chunk in super::chunks(rows) {
-        let sql = super::values_sql(INSERT_HEAD, COLUMNS, chunk.len(), positional);
-        let pair = |p: &Option<(String, String)>| {
-            p.as_ref()
-                .map_or((None, None), |(t, i)| (Some(t.clone()), Some(i.clone())))
-        };
-        on_conn!(&mut *conn, |c| {
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                let (agent_type, agent_id) = pair(&r.agent);
-                let (patient_type, patient_id) = pair(&r.patient);
-                let (entity_type, entity_id) = pair(&r.entity);
-                q = q
-                    .bind(r.recorded)
-                    .bind(agent_type)
-                    .bind(agent_id)
-                    .bind(patient_type)
-                    .bind(patient_id)
-                    .bind(entity_type)
-                    .bind(entity_id)
-                    .bind(r.kind.0.clone())
-                    .bind(r.kind.1.clone())
-                    .bind(r.subtype.0.clone())
-                    .bind(r.subtype.1.clone())
-                    .bind(r.action.clone())
-                    .bind(r.outcome.clone())
-                    .bind(r.body.clone());
+/// Writes rows now, as multi-row INSERTs.
+pub(super) async fn insert(conn: &mut Conn<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
+    match conn {
+        Conn::Sqlite(c, _) => {
+            let mut s = Script::new(false);
+            script(&mut s, rows)?;
+            s.run(c).await
+        }
+        Conn::Pg(c) => {
+            for chunk in super::chunks(rows) {
+                let sql = super::values_sql(INSERT_HEAD, COLUMNS, chunk.len(), false);
+                let mut args = PgArguments::default();
+                for r in chunk {
+                    add_row(&mut args, r)
+                        .map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
+                }
+                sqlx::query_with(AssertSqlSafe(sql), args)
+                    .execute(&mut **c)
+                    .await?;
             }
-            q.execute(&mut **c).await?;
-        });
+            Ok(())
+        }
     }
-    Ok(())
+}
+
+/// Adds the INSERTs of `rows` to a SQLite script.
+pub(super) fn script(script: &mut Script, rows: &[AuditRow]) -> Result<(), StoreError> {
+    script.insert(INSERT_HEAD, COLUMNS, rows, add_row)
+}
+
+/// The `COLUMNS` values of one row, in `INSERT_HEAD`'s order.
+fn add_row<A>(a: &mut A, r: &AuditRow) -> Result<(), BoxDynError>
+where
+    A: Arguments,
+    for<'t> i64: sqlx::Encode<'t, A::Database> + sqlx::Type<A::Database>,
+    for<'t> Option<String>: sqlx::Encode<'t, A::Database> + sqlx::Type<A::Database>,
+    for<'t> String: sqlx::Encode<'t, A::Database> + sqlx::Type<A::Database>,
+{
+    let pair = |p: &Option<(String, String)>| {
+        p.as_ref()
+            .map_or((None, None), |(t, i)| (Some(t.clone()), Some(i.clone())))
+    };
+    let (agent_type, agent_id) = pair(&r.agent);
+    let (patient_type, patient_id) = pair(&r.patient);
+    let (entity_type, entity_id) = pair(&r.entity);
+    a.add(r.recorded)?;
+    a.add(agent_type)?;
+    a.add(agent_id)?;
+    a.add(patient_type)?;
+    a.add(patient_id)?;
+    a.add(entity_type)?;
+    a.add(entity_id)?;
+    a.add(r.kind.0.clone())?;
+    a.add(r.kind.1.clone())?;
+    a.add(r.subtype.0.clone())?;
+    a.add(r.subtype.1.clone())?;
+    a.add(r.action.clone())?;
+    a.add(r.outcome.clone())?;
+    a.add(r.body.clone())
 }
 
 impl Conn<'_> {

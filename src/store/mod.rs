@@ -6,9 +6,10 @@
 //!   all concurrent requests in one database transaction and replies only after the single
 //!   durable `COMMIT`: group commit. The rows of new resources are held back in a [`Batch`]
 //!   and written as a few multi-row INSERTs just before the COMMIT (each statement is a hop
-//!   to sqlx's worker thread, which was most of the cost); a failing job drops its held-back
-//!   rows, and what a job writes directly goes into its own savepoint, so a failing job rolls
-//!   back alone (a job alone in its batch needs none). On PostgreSQL each job is its own transaction on a pooled connection; rows of the
+//!   to sqlx's worker thread, which was most of the cost); a batch of one job sends them
+//!   with its `BEGIN IMMEDIATE` and `COMMIT` as one text ([`Script`]): one hop for a create.
+//!   A failing job drops its held-back rows, and what a job writes directly goes into its own
+//!   savepoint, so a failing job rolls back alone (a job alone in its batch needs none). On PostgreSQL each job is its own transaction on a pooled connection; rows of the
 //!   resources being changed are locked (`FOR UPDATE`), so concurrent writers serialise per
 //!   resource, and several gateways may share the database.
 //!
@@ -26,8 +27,12 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{
+    Arguments, AssertSqlSafe, Connection, PgConnection, PgPool, Row, SqliteConnection, SqlitePool,
+};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
@@ -546,18 +551,6 @@ async fn sqlite_writer(
             }
         }
         let mut results = Vec::with_capacity(batch.len());
-        let began = sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut conn).await;
-        if let Err(e) = began {
-            let msg = e.to_string();
-            for job in batch.drain(..) {
-                let _ = job
-                    .reply
-                    .send(Err(StoreError::Database(sqlx::Error::Protocol(
-                        msg.clone(),
-                    ))));
-            }
-            continue;
-        }
         let first_rid = match next_rid {
             Some(r) => Ok(r),
             None => {
@@ -569,7 +562,6 @@ async fn sqlite_writer(
         let first_rid = match first_rid {
             Ok(r) => r,
             Err(e) => {
-                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
                 let msg = e.to_string();
                 for job in batch.drain(..) {
                     let _ = job
@@ -597,22 +589,31 @@ async fn sqlite_writer(
             results.push(outcome);
             replies.push(job.reply);
         }
-        let committed = if rows.alone && !matches!(results.first(), Some(Ok(Ok(_)))) {
-            sqlx::raw_sql("ROLLBACK").execute(&mut conn).await
+        let committed = if rows.broken {
+            Err(sqlx::Error::Protocol(
+                "rows of the batch could not be written".into(),
+            ))
+        } else if rows.alone && !matches!(results.first(), Some(Ok(Ok(_)))) {
+            if rows.begun {
+                sqlx::raw_sql("ROLLBACK")
+                    .execute(&mut conn)
+                    .await
+                    .map(|_| ())
+            } else {
+                Ok(())
+            }
+        } else if !rows.begun && rows.done.is_empty() {
+            // The jobs only read: there is nothing to commit.
+            next_rid = Some(rows.next_rid);
+            Ok(())
         } else {
             // The new rows of every successful job, then the one durable commit.
-            match rows.flush(&mut conn).await {
+            match rows.flush(&mut conn, Some("COMMIT")).await {
                 Err(StoreError::Database(e)) => Err(e),
                 Err(other) => Err(sqlx::Error::Protocol(other.to_string())),
-                Ok(()) if rows.broken => Err(sqlx::Error::Protocol(
-                    "rows of the batch could not be written".into(),
-                )),
                 Ok(()) => {
-                    let done = sqlx::raw_sql("COMMIT").execute(&mut conn).await;
-                    if done.is_ok() {
-                        next_rid = Some(rows.next_rid);
-                    }
-                    done
+                    next_rid = Some(rows.next_rid);
+                    Ok(())
                 }
             }
         };
@@ -740,101 +741,173 @@ impl Rows {
             .find(|r| r.rtype == rtype && r.id == id)
     }
 
-    /// Writes the rows as multi-row INSERTs of fixed sizes (so that sqlx's statement cache,
-    /// keyed by the SQL text, keeps them prepared).
-    async fn write(&self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        for chunk in chunks(&self.resources) {
-            let sql = values_sql(
-                "INSERT INTO resources (rid, rtype, id, version, last_updated, deleted) VALUES ",
-                6,
-                chunk.len(),
-                true,
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                q = q
-                    .bind(r.rid)
-                    .bind(r.rtype.as_str())
-                    .bind(r.id.as_str())
-                    .bind(r.version)
-                    .bind(r.last_updated)
-                    .bind(r.body.is_none());
-            }
-            q.execute(&mut *conn).await?;
-            let sql = values_sql(
-                "INSERT INTO versions (rid, version, last_updated, method, body) VALUES ",
-                5,
-                chunk.len(),
-                true,
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for r in chunk {
-                q = q
-                    .bind(r.rid)
-                    .bind(r.version)
-                    .bind(r.last_updated)
-                    .bind(r.method.as_str())
-                    .bind(r.body.as_deref());
-            }
-            q.execute(&mut *conn).await?;
-        }
+    /// Adds the rows to `script` as multi-row INSERTs.
+    fn script(&self, script: &mut Script) -> Result<(), StoreError> {
+        script.insert(
+            "INSERT INTO resources (rid, rtype, id, version, last_updated, deleted) VALUES ",
+            6,
+            &self.resources,
+            |a, r| {
+                a.add(r.rid)?;
+                a.add(r.rtype.as_str())?;
+                a.add(r.id.as_str())?;
+                a.add(r.version)?;
+                a.add(r.last_updated)?;
+                a.add(r.body.is_none())
+            },
+        )?;
+        script.insert(
+            "INSERT INTO versions (rid, version, last_updated, method, body) VALUES ",
+            5,
+            &self.resources,
+            |a, r| {
+                a.add(r.rid)?;
+                a.add(r.version)?;
+                a.add(r.last_updated)?;
+                a.add(r.method.as_str())?;
+                a.add(r.body.as_deref())
+            },
+        )?;
         let mut by_table: [Vec<(i64, &IndexRow)>; 6] = Default::default();
         for (rid, row) in &self.index {
             by_table[index_table(row).0].push((*rid, row));
         }
         for rows in &by_table {
-            for chunk in chunks(rows) {
-                let (_, head, columns) = index_table(chunk[0].1);
-                let sql = values_sql(head, columns, chunk.len(), true);
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for (rid, row) in chunk {
-                    q = q.bind(*rid);
-                    q = match row {
-                        IndexRow::String { param, norm, exact } => q
-                            .bind(param.as_str())
-                            .bind(norm.as_str())
-                            .bind(exact.as_str()),
-                        IndexRow::Token {
-                            param,
-                            system,
-                            code,
-                        } => q
-                            .bind(param.as_str())
-                            .bind(system.as_str())
-                            .bind(code.as_str()),
-                        IndexRow::Reference {
-                            param,
-                            target_type,
-                            target_id,
-                        } => q
-                            .bind(param.as_str())
-                            .bind(target_type.as_str())
-                            .bind(target_id.as_str()),
-                        IndexRow::Date { param, lo, hi } => {
-                            q.bind(param.as_str()).bind(*lo).bind(*hi)
-                        }
-                        IndexRow::Number {
-                            param,
-                            lo,
-                            hi,
-                            system,
-                            code,
-                        } => q
-                            .bind(param.as_str())
-                            .bind(*lo)
-                            .bind(*hi)
-                            .bind(system.as_str())
-                            .bind(code.as_str()),
-                        IndexRow::Uri { param, value } => {
-                            q.bind(param.as_str()).bind(value.as_str())
-                        }
-                    };
+            let Some((_, first)) = rows.first() else {
+                continue;
+            };
+            let (_, head, columns) = index_table(first);
+            script.insert(head, columns, rows, |a, (rid, row)| {
+                a.add(*rid)?;
+                match row {
+                    IndexRow::String { param, norm, exact } => {
+                        a.add(param.as_str())?;
+                        a.add(norm.as_str())?;
+                        a.add(exact.as_str())
+                    }
+                    IndexRow::Token {
+                        param,
+                        system,
+                        code,
+                    } => {
+                        a.add(param.as_str())?;
+                        a.add(system.as_str())?;
+                        a.add(code.as_str())
+                    }
+                    IndexRow::Reference {
+                        param,
+                        target_type,
+                        target_id,
+                    } => {
+                        a.add(param.as_str())?;
+                        a.add(target_type.as_str())?;
+                        a.add(target_id.as_str())
+                    }
+                    IndexRow::Date { param, lo, hi } => {
+                        a.add(param.as_str())?;
+                        a.add(*lo)?;
+                        a.add(*hi)
+                    }
+                    IndexRow::Number {
+                        param,
+                        lo,
+                        hi,
+                        system,
+                        code,
+                    } => {
+                        a.add(param.as_str())?;
+                        a.add(*lo)?;
+                        a.add(*hi)?;
+                        a.add(system.as_str())?;
+                        a.add(code.as_str())
+                    }
+                    IndexRow::Uri { param, value } => {
+                        a.add(param.as_str())?;
+                        a.add(value.as_str())
+                    }
                 }
-                q.execute(&mut *conn).await?;
+            })?;
+        }
+        audit::script(script, &self.audit)
+    }
+}
+
+/// SQLite statements for the writer's connection. Each statement sent to sqlx is a hand-off
+/// to its worker thread, which wakes two threads: with one per INSERT these wake-ups were
+/// about a third of a create's CPU time at concurrency 1 (BENCHMARKS.md). So a batch of one
+/// job sends its script as one text (`combine`): its shape repeats from one request to the
+/// next, and sqlx keeps it prepared. A larger batch's shape rarely repeats, and preparing
+/// its long INSERTs again at each batch cost more than the hand-offs it saved: there each
+/// statement goes alone, and the few texts that `chunks` makes stay prepared.
+struct Script {
+    combine: bool,
+    statements: Vec<(String, SqliteArguments)>,
+}
+
+impl Script {
+    fn new(combine: bool) -> Self {
+        Script {
+            combine,
+            statements: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.statements.is_empty()
+    }
+
+    /// Where the next statement goes: the one text when combining, else a new one.
+    fn next(&mut self) -> &mut (String, SqliteArguments) {
+        if !self.combine || self.statements.is_empty() {
+            self.statements.push(Default::default());
+        }
+        let last = self.statements.len() - 1;
+        &mut self.statements[last]
+    }
+
+    /// A statement without arguments (`SAVEPOINT job`, `COMMIT`).
+    fn statement(&mut self, sql: &str) {
+        let (text, _) = self.next();
+        text.push_str(sql);
+        text.push_str(";\n");
+    }
+
+    /// `sql` before everything else (`BEGIN IMMEDIATE`).
+    fn prepend(&mut self, sql: &str) {
+        match self.statements.first_mut() {
+            Some((text, _)) if self.combine => text.insert_str(0, &format!("{sql};\n")),
+            _ => self
+                .statements
+                .insert(0, (sql.to_owned(), Default::default())),
+        }
+    }
+
+    /// `head` (`INSERT INTO t (…) VALUES `) for `rows` in runs of fixed sizes, each row's
+    /// `columns` values added by `add`, in order, to SQLite's anonymous `?` placeholders.
+    fn insert<T>(
+        &mut self,
+        head: &str,
+        columns: usize,
+        rows: &[T],
+        mut add: impl FnMut(&mut SqliteArguments, &T) -> Result<(), sqlx::error::BoxDynError>,
+    ) -> Result<(), StoreError> {
+        for chunk in chunks(rows) {
+            let (text, args) = self.next();
+            text.push_str(&values_sql(head, columns, chunk.len(), true));
+            text.push_str(";\n");
+            for r in chunk {
+                add(args, r).map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
             }
         }
-        if !self.audit.is_empty() {
-            audit::insert(&mut Conn::Sqlite(&mut *conn, None), &self.audit, true).await?;
+        Ok(())
+    }
+
+    /// Runs every statement in order; the first failure stops the rest.
+    async fn run(self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        for (text, args) in self.statements {
+            sqlx::query_with(AssertSqlSafe(text), args)
+                .execute(&mut *conn)
+                .await?;
         }
         Ok(())
     }
@@ -913,6 +986,10 @@ pub struct Batch {
     done: Rows,
     /// Rows of the running job, not yet written (dropped if it fails).
     job: Rows,
+    /// The batch's transaction has begun (`BEGIN IMMEDIATE` comes with its first write:
+    /// until then, jobs read outside a transaction, which is safe because this connection
+    /// is the database's only writer).
+    begun: bool,
     /// The running job is inside `SAVEPOINT job`.
     savepoint: bool,
     /// The batch has one job: no savepoint, a failure rolls the transaction back.
@@ -942,35 +1019,76 @@ impl Batch {
     }
 
     /// Writes every pending row, so that the database shows what the batch has done so far
-    /// (before a job reads, or at the end of the batch). The running job's rows go inside
-    /// its savepoint.
-    async fn flush(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    /// (before a job reads, or at the end of the batch, where `then` is the COMMIT), in one
+    /// [`Script`]. The running job's rows go inside its savepoint.
+    async fn flush(
+        &mut self,
+        conn: &mut SqliteConnection,
+        then: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let mut script = Script::new(self.alone);
+        let mut opens = false;
+        let mut begins = false;
         let result = async {
-            if !self.done.is_empty() {
-                self.done.write(conn).await?;
-                self.done.clear();
-            }
+            self.done.script(&mut script)?;
             if !self.job.is_empty() {
-                self.savepoint(conn).await?;
-                self.job.write(conn).await?;
-                self.job.clear();
+                opens = !self.alone && !self.savepoint;
+                if opens {
+                    script.statement("SAVEPOINT job");
+                }
+                self.job.script(&mut script)?;
             }
-            Ok(())
+            if let Some(sql) = then {
+                script.statement(sql);
+            }
+            if !self.begun && !script.is_empty() {
+                script.prepend("BEGIN IMMEDIATE");
+                begins = true;
+            }
+            script.run(conn).await
         }
         .await;
-        if result.is_err() {
-            self.broken = true;
+        match result {
+            Ok(()) => {
+                self.done.clear();
+                self.job.clear();
+                self.savepoint |= opens;
+                self.begun |= begins;
+            }
+            // Nothing of the batch may commit now: the caller rolls it all back (the
+            // transaction may have begun before the failing statement).
+            Err(_) => {
+                self.broken = true;
+                self.begun |= begins;
+            }
         }
         result
     }
 
-    /// Opens the running job's savepoint before it writes to the database directly.
-    async fn savepoint(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
-        if !self.alone && !self.savepoint {
-            sqlx::raw_sql("SAVEPOINT job").execute(&mut *conn).await?;
-            self.savepoint = true;
+    /// Before the running job writes to the database directly: the batch's transaction
+    /// (begun at the first write, so that a batch of creates costs one hand-off: see
+    /// [`Script`]) and the job's savepoint.
+    async fn direct(&mut self, conn: &mut SqliteConnection) -> Result<(), StoreError> {
+        let begins = !self.begun;
+        let opens = !self.alone && !self.savepoint;
+        let sql = match (begins, opens) {
+            (false, false) => return Ok(()),
+            (true, false) => "BEGIN IMMEDIATE",
+            (false, true) => "SAVEPOINT job",
+            (true, true) => "BEGIN IMMEDIATE; SAVEPOINT job",
+        };
+        let result = sqlx::raw_sql(sql).execute(&mut *conn).await;
+        self.begun |= begins;
+        match result {
+            Ok(_) => {
+                self.savepoint |= opens;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = true;
+                Err(e.into())
+            }
         }
-        Ok(())
     }
 }
 
@@ -1046,16 +1164,16 @@ impl Conn<'_> {
     /// Writes the rows the SQLite batch holds back, before a read (see [`Batch`]).
     async fn sync(&mut self) -> Result<(), StoreError> {
         if let Conn::Sqlite(c, Some(b)) = self {
-            b.flush(c).await?;
+            b.flush(c, None).await?;
         }
         Ok(())
     }
 
     /// Before a job writes a table of its own directly (not a resource): inside the SQLite
-    /// batch, the job's savepoint, so that a failing job rolls back alone.
+    /// batch, its transaction and the job's savepoint, so that a failing job rolls back alone.
     async fn before_direct_write(&mut self) -> Result<(), StoreError> {
         if let Conn::Sqlite(c, Some(b)) = self {
-            b.savepoint(c).await?;
+            b.direct(c).await?;
         }
         Ok(())
     }
@@ -1388,8 +1506,7 @@ impl<'c> Tx<'c> {
                 b.job.audit.extend(rows);
                 Ok(())
             }
-            Conn::Sqlite(_, None) => audit::insert(&mut self.conn, &rows, true).await,
-            Conn::Pg(_) => audit::insert(&mut self.conn, &rows, false).await,
+            _ => audit::insert(&mut self.conn, &rows).await,
         }
     }
 
@@ -1398,6 +1515,7 @@ impl<'c> Tx<'c> {
     pub async fn next_number(&mut self, name: &str) -> Result<i64, StoreError> {
         let sql = "INSERT INTO counters (name, value) VALUES ($1, 1) \
                    ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value";
+        self.conn.before_direct_write().await?;
         Ok(on_conn!(&mut self.conn, |c| {
             sqlx::query_scalar(sql)
                 .bind(name)
@@ -1441,8 +1559,8 @@ impl<'c> Tx<'c> {
             }
             // A change of a stored resource is written now, after what the batch holds back,
             // inside the job's savepoint.
-            b.flush(c).await?;
-            b.savepoint(c).await?;
+            b.flush(c, None).await?;
+            b.direct(c).await?;
         }
         let rid = match v.previous {
             None => {

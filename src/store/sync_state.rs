@@ -14,6 +14,7 @@ pub struct SyncState {
 
 impl Conn<'_> {
     async fn ensure_sync_row(&mut self, name: &str) -> Result<(), StoreError> {
+        self.before_direct_write().await?;
         let sql = "INSERT INTO sync_state (name) VALUES ($1) ON CONFLICT (name) DO NOTHING";
         on_conn!(self, |c| {
             sqlx::query(sql).bind(name).execute(&mut **c).await?;
@@ -63,6 +64,7 @@ impl Conn<'_> {
     }
 
     pub async fn release_sync_lease(&mut self, name: &str, owner: &str) -> Result<(), StoreError> {
+        self.before_direct_write().await?;
         let sql = "UPDATE sync_state SET lease_owner = NULL, lease_until = NULL \
                    WHERE name = $1 AND lease_owner = $2";
         on_conn!(self, |c| {
