@@ -106,7 +106,8 @@ async fn migrate_keeps_the_versions_of_an_older_database() {
         sqlx::raw_sql(
             "INSERT INTO resources VALUES (1, 'Task', 't1', 3, 30, TRUE);
              INSERT INTO versions VALUES (1, 1, 10, 'POST', '{\"resourceType\":\"Task\",\"id\":\"t1\"}');
-             INSERT INTO versions VALUES (1, 3, 30, 'DELETE', NULL);",
+             INSERT INTO versions VALUES (1, 3, 30, 'DELETE', NULL);
+             INSERT INTO idx_token VALUES (1, 'Task.status', 'http://hl7.org/fhir/task-status', 'done');",
         )
         .execute(&mut c)
         .await
@@ -175,6 +176,20 @@ async fn migrate_keeps_the_versions_of_an_older_database() {
         .await
         .unwrap();
     assert!(!table.to_uppercase().contains("WITHOUT ROWID"), "{table}");
+    // migration 7: the search indexes cover their queries, and still find what was indexed
+    let index: String =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'idx_token_lookup'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert!(index.contains("(param, code, system, rid)"), "{index}");
+    let found: Vec<i64> = sqlx::query_scalar(
+        "SELECT rid FROM idx_token INDEXED BY idx_token_lookup WHERE param = 'Task.status' AND code = 'done'",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(found, [1]);
     let count = |kind: &'static str, name: &'static str| {
         sqlx::query_scalar::<_, i64>(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = $1 AND name = $2",

@@ -47,6 +47,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0006_versions_rowid.sql"),
         postgres: include_str!("../../migrations/postgres/0006_versions_rowid.sql"),
     },
+    Migration {
+        version: 7,
+        name: "covering_indexes",
+        sqlite: include_str!("../../migrations/sqlite/0007_covering_indexes.sql"),
+        postgres: include_str!("../../migrations/postgres/0007_covering_indexes.sql"),
+    },
 ];
 
 /// Creates the audit trail's table in the attached `audit` file if missing, and moves there
