@@ -6,10 +6,12 @@
 //!   all concurrent requests in one database transaction and replies only after the single
 //!   durable `COMMIT`: group commit. The rows of new resources are held back in a [`Batch`]
 //!   and written as a few multi-row INSERTs just before the COMMIT (each statement is a hop
-//!   to sqlx's worker thread, which was most of the cost); a batch of one job sends them
-//!   with its `BEGIN IMMEDIATE` and `COMMIT` as one text ([`Script`]): one hop for a create.
-//!   A failing job drops its held-back rows, and what a job writes directly goes into its own
-//!   savepoint, so a failing job rolls back alone (a job alone in its batch needs none). On PostgreSQL each job is its own transaction on a pooled connection; rows of the
+//!   to sqlx's worker thread, which was most of the cost); a batch of one job (up to 128
+//!   rows) sends them with its `BEGIN IMMEDIATE` and `COMMIT` as one text ([`Script`]): one
+//!   hop for a create. A failing job drops its held-back rows, and what a job writes directly
+//!   goes into its own savepoint, so a failing job rolls back alone (a job alone in its batch
+//!   needs none).
+//! - On PostgreSQL each job is its own transaction on a pooled connection; rows of the
 //!   resources being changed are locked (`FOR UPDATE`), so concurrent writers serialise per
 //!   resource, and several gateways may share the database.
 //!
@@ -845,8 +847,8 @@ const COMBINE_MAX_ROWS: usize = 128;
 /// SQLite statements for the writer's connection. Each statement sent to sqlx is a hand-off
 /// to its worker thread, which wakes two threads: with one per INSERT these wake-ups were
 /// about a third of a create's CPU time at concurrency 1 (BENCHMARKS.md). So a batch of one
-/// job sends its script as one text (`combine`): its shape repeats from one request to the
-/// next, and sqlx keeps it prepared. A larger batch's shape rarely repeats, and preparing
+/// job (up to [`COMBINE_MAX_ROWS`] rows) sends its script as one text (`combine`): its shape
+/// repeats from one request to the next, and sqlx keeps it prepared. A larger batch's shape rarely repeats, and preparing
 /// its long INSERTs again at each batch cost more than the hand-offs it saved: there each
 /// statement goes alone, and the few texts that `chunks` makes stay prepared.
 struct Script {
