@@ -6,11 +6,10 @@
 //!   all concurrent requests in one database transaction and replies only after the single
 //!   durable `COMMIT`: group commit. The rows of new resources are held back in a [`Batch`]
 //!   and written as a few multi-row INSERTs just before the COMMIT (each statement is a hop
-//!   to sqlx's worker thread, which was most of the cost); a batch of one job (up to 128
-//!   rows) sends them with its `BEGIN IMMEDIATE` and `COMMIT` as one text ([`Script`]): one
-//!   hop for a create. A failing job drops its held-back rows, and what a job writes directly
-//!   goes into its own savepoint, so a failing job rolls back alone (a job alone in its batch
-//!   needs none).
+//!   to sqlx's worker thread, which was most of the cost); up to 128 rows go with the
+//!   batch's `BEGIN IMMEDIATE` and `COMMIT` as one text ([`Script`]): one hop for a create.
+//!   A failing job drops its held-back rows, and what a job writes directly goes into its own
+//!   savepoint, so a failing job rolls back alone (a job alone in its batch needs none).
 //! - On PostgreSQL each job is its own transaction on a pooled connection; rows of the
 //!   resources being changed are locked (`FOR UPDATE`), so concurrent writers serialise per
 //!   resource, and several gateways may share the database.
@@ -838,19 +837,20 @@ impl Rows {
     }
 }
 
-/// The most rows a [`Script`] sends as one text. One request's rows are far fewer (a dossier
-/// transaction has ~100); a larger batch (the conformance resources published at start, a
-/// seeding Bundle, a full audit batch) goes statement by statement, so that its arguments are
-/// not all copied at once (a transient peak that the allocator kept: +6 MB idle memory).
+/// The most rows a [`Script`] sends as one text: one request's rows (a create has ~20, a
+/// dossier transaction ~100) or a few requests'. A larger script (a batch of many creates,
+/// the conformance resources published at start, a seeding Bundle, a full audit batch) goes
+/// statement by statement: its shape rarely repeats, and preparing its long INSERTs again
+/// cost more than the hand-offs saved; its arguments copied all at once also left a peak
+/// that the allocator kept (+6 MB idle memory).
 const COMBINE_MAX_ROWS: usize = 128;
 
 /// SQLite statements for the writer's connection. Each statement sent to sqlx is a hand-off
 /// to its worker thread, which wakes two threads: with one per INSERT these wake-ups were
-/// about a third of a create's CPU time at concurrency 1 (BENCHMARKS.md). So a batch of one
-/// job (up to [`COMBINE_MAX_ROWS`] rows) sends its script as one text (`combine`): its shape
-/// repeats from one request to the next, and sqlx keeps it prepared. A larger batch's shape rarely repeats, and preparing
-/// its long INSERTs again at each batch cost more than the hand-offs it saved: there each
-/// statement goes alone, and the few texts that `chunks` makes stay prepared.
+/// about a third of a create's CPU time at concurrency 1 (BENCHMARKS.md). So a script of up
+/// to [`COMBINE_MAX_ROWS`] rows goes as one text (`combine`): the rows of one request, or of
+/// a few, have shapes that repeat, and sqlx keeps them prepared. A larger one sends each
+/// statement alone, and the few texts that `chunks` makes stay prepared.
 struct Script {
     combine: bool,
     statements: Vec<(String, SqliteArguments)>,
@@ -1039,7 +1039,7 @@ impl Batch {
         then: Option<&str>,
     ) -> Result<(), StoreError> {
         let rows = self.done.len() + self.job.len();
-        let mut script = Script::new(self.alone && rows <= COMBINE_MAX_ROWS);
+        let mut script = Script::new(rows <= COMBINE_MAX_ROWS);
         let mut opens = false;
         let mut begins = false;
         let result = async {
