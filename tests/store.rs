@@ -7,14 +7,10 @@ use std::sync::Arc;
 use passerelle::store::{Store, StoreError, StoreOptions};
 use passerelle::time::SystemClock;
 
-/// A write job runs to its commit even when whoever asked for it stops waiting (a client gone,
-/// its request cancelled): on PostgreSQL a cancelled `begin` could otherwise leave its pooled
-/// connection inside a transaction that the next borrower would run in (sqlx 0.9.0,
-/// transact-rs/sqlx#4393).
-async fn a_write_finishes_when_its_requester_goes_away(engine: common::Engine) {
-    let Some((url, _guard)) = common::fresh_database(engine).await else {
-        return;
-    };
+/// A store on a fresh database of `engine` (None: PostgreSQL not configured), with what keeps
+/// that database alive.
+async fn open(engine: common::Engine) -> Option<(Store, impl Sized)> {
+    let (url, guard) = common::fresh_database(engine).await?;
     let options = StoreOptions {
         pool_size: 2,
         sqlite_durable: true,
@@ -23,6 +19,17 @@ async fn a_write_finishes_when_its_requester_goes_away(engine: common::Engine) {
     let store = Store::open(&url, &options, Arc::new(SystemClock))
         .await
         .expect("open");
+    Some((store, guard))
+}
+
+/// A write job runs to its commit even when whoever asked for it stops waiting (a client gone,
+/// its request cancelled): on PostgreSQL a cancelled `begin` could otherwise leave its pooled
+/// connection inside a transaction that the next borrower would run in (sqlx 0.9.0,
+/// transact-rs/sqlx#4393).
+async fn a_write_finishes_when_its_requester_goes_away(engine: common::Engine) {
+    let Some((store, _guard)) = open(engine).await else {
+        return;
+    };
     let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
     let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
     let requester = {
@@ -68,17 +75,9 @@ async fn a_write_finishes_when_its_requester_goes_away_postgres() {
 /// get 1, 2, 3, 4 whatever their order; a job that only reads commits nothing and fails
 /// nobody. On SQLite the batch's transaction begins at its first write.
 async fn jobs_of_one_batch_keep_or_lose_their_own_writes(engine: common::Engine) {
-    let Some((url, _guard)) = common::fresh_database(engine).await else {
+    let Some((store, _guard)) = open(engine).await else {
         return;
     };
-    let options = StoreOptions {
-        pool_size: 2,
-        sqlite_durable: true,
-        sqlite_mmap_bytes: 0,
-    };
-    let store = Store::open(&url, &options, Arc::new(SystemClock))
-        .await
-        .expect("open");
     // a batch of one job that only reads, then one that fails after writing
     let read: Result<bool, StoreError> = store
         .write(|tx| Box::pin(async move { Ok(tx.current("Patient", "nobody").await?.is_none()) }))

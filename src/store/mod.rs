@@ -784,53 +784,14 @@ impl Rows {
             let (_, head, columns) = index_table(first);
             script.insert(head, columns, rows, |a, (rid, row)| {
                 a.add(*rid)?;
-                match row {
-                    IndexRow::String { param, norm, exact } => {
-                        a.add(param.as_str())?;
-                        a.add(norm.as_str())?;
-                        a.add(exact.as_str())
-                    }
-                    IndexRow::Token {
-                        param,
-                        system,
-                        code,
-                    } => {
-                        a.add(param.as_str())?;
-                        a.add(system.as_str())?;
-                        a.add(code.as_str())
-                    }
-                    IndexRow::Reference {
-                        param,
-                        target_type,
-                        target_id,
-                    } => {
-                        a.add(param.as_str())?;
-                        a.add(target_type.as_str())?;
-                        a.add(target_id.as_str())
-                    }
-                    IndexRow::Date { param, lo, hi } => {
-                        a.add(param.as_str())?;
-                        a.add(*lo)?;
-                        a.add(*hi)
-                    }
-                    IndexRow::Number {
-                        param,
-                        lo,
-                        hi,
-                        system,
-                        code,
-                    } => {
-                        a.add(param.as_str())?;
-                        a.add(*lo)?;
-                        a.add(*hi)?;
-                        a.add(system.as_str())?;
-                        a.add(code.as_str())
-                    }
-                    IndexRow::Uri { param, value } => {
-                        a.add(param.as_str())?;
-                        a.add(value.as_str())
+                for arg in index_args(row) {
+                    match arg {
+                        Arg::Text(t) => a.add(t)?,
+                        Arg::Int(n) => a.add(n)?,
+                        Arg::Real(x) => a.add(x)?,
                     }
                 }
+                Ok(())
             })?;
         }
         audit::script(script, &self.audit)
@@ -988,6 +949,39 @@ fn index_table(row: &IndexRow) -> (usize, &'static str, usize) {
             6,
         ),
         IndexRow::Uri { .. } => (5, "INSERT INTO idx_uri (rid, param, value) VALUES ", 3),
+    }
+}
+
+/// An index row's values after its `rid`, in the order of its table's INSERT head.
+fn index_args(row: &IndexRow) -> Vec<Arg> {
+    let text = |v: &String| Arg::Text(v.clone());
+    match row {
+        IndexRow::String { param, norm, exact } => vec![text(param), text(norm), text(exact)],
+        IndexRow::Token {
+            param,
+            system,
+            code,
+        } => vec![text(param), text(system), text(code)],
+        IndexRow::Reference {
+            param,
+            target_type,
+            target_id,
+        } => vec![text(param), text(target_type), text(target_id)],
+        IndexRow::Date { param, lo, hi } => vec![text(param), Arg::Int(*lo), Arg::Int(*hi)],
+        IndexRow::Number {
+            param,
+            lo,
+            hi,
+            system,
+            code,
+        } => vec![
+            text(param),
+            Arg::Real(*lo),
+            Arg::Real(*hi),
+            text(system),
+            text(code),
+        ],
+        IndexRow::Uri { param, value } => vec![text(param), text(value)],
     }
 }
 
@@ -1674,70 +1668,7 @@ impl<'c> Tx<'c> {
         // One multi-row INSERT per table keeps round trips low on PostgreSQL.
         let mut by_table: [(query::Sql, usize); 6] = Default::default();
         for row in rows {
-            let (slot, head, args): (usize, &str, Vec<Arg>) = match row {
-                IndexRow::String { param, norm, exact } => (
-                    0,
-                    "INSERT INTO idx_string (rid, param, norm, exact) VALUES ",
-                    vec![
-                        Arg::Text(param.clone()),
-                        Arg::Text(norm.clone()),
-                        Arg::Text(exact.clone()),
-                    ],
-                ),
-                IndexRow::Token {
-                    param,
-                    system,
-                    code,
-                } => (
-                    1,
-                    "INSERT INTO idx_token (rid, param, system, code) VALUES ",
-                    vec![
-                        Arg::Text(param.clone()),
-                        Arg::Text(system.clone()),
-                        Arg::Text(code.clone()),
-                    ],
-                ),
-                IndexRow::Reference {
-                    param,
-                    target_type,
-                    target_id,
-                } => (
-                    2,
-                    "INSERT INTO idx_reference (rid, param, target_type, target_id) VALUES ",
-                    vec![
-                        Arg::Text(param.clone()),
-                        Arg::Text(target_type.clone()),
-                        Arg::Text(target_id.clone()),
-                    ],
-                ),
-                IndexRow::Date { param, lo, hi } => (
-                    3,
-                    "INSERT INTO idx_date (rid, param, lo, hi) VALUES ",
-                    vec![Arg::Text(param.clone()), Arg::Int(*lo), Arg::Int(*hi)],
-                ),
-                IndexRow::Number {
-                    param,
-                    lo,
-                    hi,
-                    system,
-                    code,
-                } => (
-                    4,
-                    "INSERT INTO idx_number (rid, param, lo, hi, system, code) VALUES ",
-                    vec![
-                        Arg::Text(param.clone()),
-                        Arg::Real(*lo),
-                        Arg::Real(*hi),
-                        Arg::Text(system.clone()),
-                        Arg::Text(code.clone()),
-                    ],
-                ),
-                IndexRow::Uri { param, value } => (
-                    5,
-                    "INSERT INTO idx_uri (rid, param, value) VALUES ",
-                    vec![Arg::Text(param.clone()), Arg::Text(value.clone())],
-                ),
-            };
+            let (slot, head, _) = index_table(row);
             let (sql, n) = &mut by_table[slot];
             if *n == 0 {
                 sql.push(head);
@@ -1747,7 +1678,7 @@ impl<'c> Tx<'c> {
             *n += 1;
             sql.push("(");
             sql.bind(Arg::Int(rid));
-            for a in args {
+            for a in index_args(row) {
                 sql.push(", ");
                 sql.bind(a);
             }
