@@ -3,7 +3,8 @@
 -- index let a search check a resource's value only after reading the row. With `rid` at the
 -- end of each lookup index and the compared columns at the end of each `rid` index, both are
 -- answered from the index alone (an index-only scan on PostgreSQL, once vacuumed). Measured
--- on a copy of the benchmark database: BENCHMARKS.md, "Covering search indexes".
+-- on a copy of the benchmark database: BENCHMARKS.md, "One hand-off per create, covering search
+-- indexes".
 DROP INDEX idx_string_lookup;
 CREATE INDEX idx_string_lookup ON idx_string (param, norm text_pattern_ops, rid);
 DROP INDEX idx_string_rid;
