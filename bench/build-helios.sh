@@ -45,11 +45,12 @@ build() {
   fi
   command -v cargo >/dev/null || die "cargo is needed (rustup)"
   local avail_kb mem_kb
-  avail_kb=$(df -Pk "$(dirname "$CACHE")" 2>/dev/null | awk 'NR == 2 {print $4}' || echo 0)
-  mem_kb=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
-  [ "${avail_kb:-0}" -ge 4000000 ] || log "warning: less than 4 GB of free disk under $(dirname "$CACHE"); the build needs ~2.5 GB"
-  [ "${mem_kb:-0}" -ge 6000000 ] || log "warning: less than 6 GB of memory available; rustc needs ~5 GB on helios-fhir"
+  # Made first: on a fresh machine ~/.cache may not exist yet, and df on a missing path says nothing.
   mkdir -p "$CACHE"
+  avail_kb=$(df -Pk "$CACHE" 2>/dev/null | awk 'NR == 2 {print $4}' || echo 0)
+  mem_kb=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
+  [ "${avail_kb:-0}" -ge 4000000 ] || log "warning: less than 4 GB of free disk under $CACHE; the build needs ~2.5 GB"
+  [ "${mem_kb:-0}" -ge 6000000 ] || log "warning: less than 6 GB of memory available; rustc needs ~5 GB on helios-fhir"
   log "building helios-hfs $VERSION (R4, sqlite) into $CACHE; cargo's build folder: $TARGET"
   log "this takes about 45 minutes on 2 cores"
   # Deep recursion in the generated FHIR model needs the larger stack; R6 is left out (its
