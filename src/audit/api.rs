@@ -33,7 +33,8 @@ pub fn columns(param: &str) -> Option<LogColumn> {
 /// An event as a stored resource: its JSON with the id and meta it is served with.
 fn stored(e: LoggedEvent) -> Stored {
     let id = e.seq.to_string();
-    let rest = e.body.strip_prefix('{').unwrap_or("}");
+    let event = super::served_body(&e.body, e.recorded);
+    let rest = event.strip_prefix('{').unwrap_or("}");
     let sep = if rest.trim_start().starts_with('}') {
         ""
     } else {

@@ -31,7 +31,8 @@ pub struct AuditRow {
     pub subtype: (String, String),
     pub action: String,
     pub outcome: String,
-    /// The event's JSON without `id` and `meta`.
+    /// The event's JSON without `id` and `meta`, or what a REST access's event is written
+    /// from when served (`audit::served_body`).
     pub body: String,
 }
 
