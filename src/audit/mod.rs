@@ -424,7 +424,7 @@ impl RestAccess<'_> {
                             "information recipient",
                         )],
                     },
-                    who: self.who.as_ref(),
+                    who: &self.who,
                     requestor: true,
                     network: self.address.as_deref().map(|address| Network {
                         address,
@@ -529,19 +529,10 @@ enum Who<'a> {
     Display(#[serde(borrow)] Cow<'a, str>),
 }
 
-impl Who<'_> {
-    fn as_ref(&self) -> Who<'_> {
-        match self {
-            Who::Reference(r) => Who::Reference(Cow::Borrowed(r)),
-            Who::Display(d) => Who::Display(Cow::Borrowed(d)),
-        }
-    }
-}
-
 #[derive(serde::Serialize)]
 struct UserAgent<'a> {
     r#type: Concept<'a>,
-    who: Who<'a>,
+    who: &'a Who<'a>,
     requestor: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<Network<'a>>,
