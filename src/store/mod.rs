@@ -1262,9 +1262,11 @@ impl Conn<'_> {
         } else {
             ""
         };
+        // the values cast: planned once, not at every execution (`query::Sql::bind_fixed`)
         let sql = format!(
             "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v \
-             ON v.rid = r.rid AND v.version = r.version WHERE r.rtype = $1 AND r.id = $2{lock_sql}"
+             ON v.rid = r.rid AND v.version = r.version \
+             WHERE r.rtype = CAST($1 AS TEXT) AND r.id = CAST($2 AS TEXT){lock_sql}"
         );
         Ok(on_conn!(self, |c| {
             match sqlx::query(AssertSqlSafe(sql.as_str()))
@@ -1288,7 +1290,7 @@ impl Conn<'_> {
         self.sync().await?;
         let sql = "SELECT r.rid, r.rtype, r.id, v.version, v.last_updated, v.body IS NULL, v.body \
              FROM resources r JOIN versions v ON v.rid = r.rid \
-             WHERE r.rtype = $1 AND r.id = $2 AND v.version = $3";
+             WHERE r.rtype = CAST($1 AS TEXT) AND r.id = CAST($2 AS TEXT) AND v.version = $3";
         Ok(on_conn!(self, |c| {
             match sqlx::query(sql)
                 .bind(rtype)
@@ -1666,7 +1668,8 @@ impl<'c> Tx<'c> {
             "idx_number",
             "idx_uri",
         ] {
-            let sql = format!("DELETE FROM {table} WHERE rid = $1");
+            // planned once (`query::Sql::bind_fixed`)
+            let sql = format!("DELETE FROM {table} WHERE rid = CAST($1 AS BIGINT)");
             on_conn!(&mut self.conn, |c| {
                 sqlx::query(AssertSqlSafe(sql.as_str()))
                     .bind(rid)
