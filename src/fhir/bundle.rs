@@ -415,11 +415,14 @@ struct EntryReq {
     req: Req,
 }
 
-fn entry_requests(fhir: &Fhir, bundle: &Value) -> Result<Vec<EntryReq>> {
+/// Takes the entries' resources out of `bundle` (no copy).
+fn entry_requests(fhir: &Fhir, bundle: &mut Value) -> Result<Vec<EntryReq>> {
     let mut out = Vec::new();
-    for (i, e) in bundle["entry"].as_array().into_iter().flatten().enumerate() {
+    let entries = bundle.get_mut("entry").and_then(Value::as_array_mut);
+    for (i, e) in entries.into_iter().flatten().enumerate() {
         let at = format!("Bundle.entry[{i}]");
         let bad = |msg: String| Error::invalid_at("invalid", msg, at.clone());
+        let resource = e.get_mut("resource").map(Value::take);
         let request = e
             .get("request")
             .ok_or_else(|| bad("an entry of a batch or transaction needs a request".into()))?;
@@ -442,7 +445,7 @@ fn entry_requests(fhir: &Fhir, bundle: &Value) -> Result<Vec<EntryReq>> {
         req.query = form_urlencoded::parse(query.as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-        req.body = e.get("resource").cloned();
+        req.body = resource;
         if method == Method::PATCH {
             // A FHIRPath Patch travels as a Parameters resource; a JSON Patch as a Binary.
             match req.body.as_ref().and_then(json::resource_type) {
@@ -556,7 +559,7 @@ fn error_entry(err: &Error) -> Value {
 
 /// `POST [base]` with a batch or transaction Bundle.
 pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
-    let bundle = req
+    let mut bundle = req
         .body
         .ok_or_else(|| Error::invalid("required", "POST to the base needs a Bundle"))?;
     if json::resource_type(&bundle) != Some("Bundle") {
@@ -582,7 +585,7 @@ pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
             return Err(Error::Invalid(issues));
         }
     }
-    let mut entries = entry_requests(fhir, &bundle)?;
+    let mut entries = entry_requests(fhir, &mut bundle)?;
     for e in &mut entries {
         e.req.caller = req.caller.clone();
     }
@@ -749,7 +752,7 @@ async fn transaction(
     order.sort_by_key(|&i| phase(&entries[i].req.method));
     let mut responses: Vec<Option<Resp>> = vec![None; entries.len()];
     for i in order {
-        let e = &entries[i];
+        let e = &mut entries[i];
         let resp = if e.req.is_write() {
             if let (&Method::POST, Route::Type(t), Some(full)) =
                 (&e.req.method, &e.req.route, &e.full_url)
@@ -759,7 +762,7 @@ async fn transaction(
                 // create under the id other entries already point at
                 let id = assigned.rsplit('/').next().unwrap_or_default().to_owned();
                 fhir.check_type(t, "create").map_err(|x| at(i, x))?;
-                let mut body = e.req.body.clone();
+                let mut body = e.req.body.take();
                 if let Some(b) = body.as_mut().and_then(Value::as_object_mut) {
                     b.insert("id".into(), Value::String(id.clone()));
                 }
@@ -770,7 +773,7 @@ async fn transaction(
                 r.status = StatusCode::CREATED;
                 r
             } else {
-                interaction::write(fhir, tx, &e.req)
+                interaction::write(fhir, tx, &mut e.req)
                     .await
                     .map_err(|x| at(i, x))?
             }

@@ -377,10 +377,14 @@ async fn conditional_matches(
     Ok(conn.search(&s.query).await?)
 }
 
-/// Runs a write interaction inside the job's transaction.
-pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
+/// Runs a write interaction inside the job's transaction; takes the body out of `req` (a job
+/// runs once).
+pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &mut Req) -> Result<Resp> {
     match (&req.method, &req.route) {
-        (&Method::POST, Route::Type(t)) => create(fhir, tx, t, req).await,
+        (&Method::POST, Route::Type(t)) => {
+            let t = t.clone();
+            create(fhir, tx, &t, req).await
+        }
         (&Method::PUT, Route::Instance(t, id)) => {
             fhir.check_type(t, "update")?;
             update(
@@ -389,7 +393,7 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
                 &req.caller,
                 t,
                 id,
-                req.body.clone(),
+                req.body.take(),
                 req.if_match,
                 "PUT",
             )
@@ -417,7 +421,7 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &Req) -> Result<Resp> {
                 }
             };
             // The body may leave the id out: it is the match's (or a new one).
-            let mut body = req.body.clone();
+            let mut body = req.body.take();
             if body_id.is_none()
                 && let Some(b) = body.as_mut().and_then(Value::as_object_mut)
             {
@@ -480,11 +484,11 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-async fn create(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, req: &Req) -> Result<Resp> {
+async fn create(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, req: &mut Req) -> Result<Resp> {
     fhir.check_type(rtype, "create")?;
     let body = req
         .body
-        .clone()
+        .take()
         .ok_or_else(|| Error::invalid("required", "create needs a resource in the body"))?;
     fhir.check_body(rtype, &body)?;
     if let Some(criteria) = &req.if_none_exist {
@@ -1052,7 +1056,12 @@ pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
         let f = fhir.clone();
         return fhir
             .store
-            .write(move |tx| Box::pin(async move { write(&f, tx, &req).await }))
+            .write(move |tx| {
+                Box::pin(async move {
+                    let mut req = req;
+                    write(&f, tx, &mut req).await
+                })
+            })
             .await;
     }
     let f = fhir.clone();
