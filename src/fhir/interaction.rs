@@ -381,10 +381,7 @@ async fn conditional_matches(
 /// runs once).
 pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &mut Req) -> Result<Resp> {
     match (&req.method, &req.route) {
-        (&Method::POST, Route::Type(t)) => {
-            let t = t.clone();
-            create(fhir, tx, &t, req).await
-        }
+        (&Method::POST, Route::Type(t)) => create(fhir, tx, t, req.body.take(), req).await,
         (&Method::PUT, Route::Instance(t, id)) => {
             fhir.check_type(t, "update")?;
             update(
@@ -484,12 +481,16 @@ pub fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-async fn create(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, req: &mut Req) -> Result<Resp> {
+async fn create(
+    fhir: &Fhir,
+    tx: &mut Tx<'_>,
+    rtype: &str,
+    body: Option<Value>,
+    req: &Req,
+) -> Result<Resp> {
     fhir.check_type(rtype, "create")?;
-    let body = req
-        .body
-        .take()
-        .ok_or_else(|| Error::invalid("required", "create needs a resource in the body"))?;
+    let body =
+        body.ok_or_else(|| Error::invalid("required", "create needs a resource in the body"))?;
     fhir.check_body(rtype, &body)?;
     if let Some(criteria) = &req.if_none_exist {
         let criteria_pairs = parse_query_string(criteria);
