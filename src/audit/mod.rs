@@ -209,11 +209,35 @@ impl Access {
         }
     }
 
+    /// The same for every resource of a batch or transaction response Bundle's text: the
+    /// event names the patients its entries touched, not the response Bundle.
+    pub fn saw_entries_text(&mut self, text: &str) {
+        #[derive(serde::Deserialize)]
+        struct Entries<'a> {
+            #[serde(borrow, default)]
+            entry: Vec<Entry<'a>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry<'a> {
+            #[serde(borrow)]
+            resource: Option<&'a serde_json::value::RawValue>,
+        }
+        if let Ok(b) = serde_json::from_str::<Entries<'_>>(text) {
+            for r in b.entry.into_iter().filter_map(|e| e.resource) {
+                self.saw_text(r.get());
+            }
+        }
+        self.resource = None;
+    }
+
     fn note(&mut self, rtype: &str, id: Option<&str>, references: [Option<&str>; 3]) {
         if let Some(id) = id {
             self.resource = Some(format!("{rtype}/{id}"));
             if rtype == "Patient" {
-                self.patients.push(format!("Patient/{id}"));
+                let me = format!("Patient/{id}");
+                if !self.patients.contains(&me) {
+                    self.patients.push(me);
+                }
             }
         }
         for r in references.into_iter().flatten() {
@@ -769,5 +793,22 @@ mod tests {
         let mut b = Access::default();
         b.saw_text(r#"{"resourceType":"Patient","id":"p2","patient":[1]}"#);
         assert_eq!(b.patients, ["Patient/p2"]);
+    }
+
+    #[test]
+    fn a_transaction_names_the_patients_of_its_entries_once_each() {
+        let mut a = Access::default();
+        a.saw_entries_text(
+            r#"{"resourceType":"Bundle","id":"b","type":"transaction-response","entry":[
+              {"fullUrl":"x","resource":{"resourceType":"Task","id":"t1","for":{"reference":"Patient/p1"}},"response":{"status":"201 Created"}},
+              {"resource":{"resourceType":"Patient","id":"p1"},"response":{"status":"201 Created"}},
+              {"response":{"status":"204 No Content"}},
+              {"resource":{"resourceType":"ServiceRequest","id":"s","subject":{"reference":"Patient/p2"}}}]}"#,
+        );
+        assert_eq!(a.patients, ["Patient/p1", "Patient/p2"]);
+        assert_eq!(
+            a.resource, None,
+            "the response Bundle is no resource of the trail"
+        );
     }
 }

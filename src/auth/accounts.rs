@@ -34,7 +34,8 @@ pub async fn save_account(
     body: Value,
 ) -> Result<interaction::Resp> {
     let psc = Caller::System("psc".into());
-    interaction::update(fhir, tx, &psc, "Practitioner", id, Some(body), None, "PUT").await
+    let body = fhir.check_body("Practitioner", body)?;
+    interaction::update(fhir, tx, &psc, "Practitioner", id, body, None, "PUT").await
 }
 
 /// A person's account as it stands after a sign-in.

@@ -420,7 +420,7 @@ impl Run<'_> {
             return Ok(());
         }
         self.seen.insert(key);
-        if let Err(e) = self.fhir.check_body(&mapped.rtype, &mapped.body) {
+        if let Err(e) = self.fhir.check_body(&mapped.rtype, mapped.body.clone()) {
             let why = e
                 .issues()
                 .iter()
@@ -736,13 +736,14 @@ async fn upsert(
                         .await?
                         .filter(|c| !c.deleted)
                         .map(|c| c.version);
+                    let body = f.check_body(&rtype, body)?;
                     let resp = interaction::update(
                         &f,
                         tx,
                         &crate::auth::Caller::System("ror".into()),
                         &rtype,
                         &id,
-                        Some(body),
+                        body,
                         None,
                         "PUT",
                     )

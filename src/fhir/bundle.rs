@@ -9,7 +9,7 @@ use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use super::error::{Error, Issue, Result, outcome};
-use super::interaction::{self, Body, Fhir, PatchFormat, Req, Resp, Route};
+use super::interaction::{self, Body, Checked, Fhir, PatchFormat, Req, Resp, Route};
 use super::json;
 use super::search::{Search, Summary};
 use crate::store::{Conn, Stored, Tx};
@@ -413,6 +413,8 @@ pub async fn history(
 struct EntryReq {
     full_url: Option<String>,
     req: Req,
+    /// A transaction entry's create or update body, checked before the writer's turn.
+    body: Option<Checked>,
 }
 
 /// Takes the entries' resources out of `bundle` (no copy).
@@ -482,6 +484,7 @@ fn entry_requests(fhir: &Fhir, bundle: &mut Value) -> Result<Vec<EntryReq>> {
         out.push(EntryReq {
             full_url: e["fullUrl"].as_str().map(str::to_owned),
             req,
+            body: None,
         });
     }
     Ok(out)
@@ -512,40 +515,41 @@ fn status_line(s: StatusCode) -> String {
     format!("{} {}", s.as_u16(), s.canonical_reason().unwrap_or(""))
 }
 
-fn response_entry(fhir: &Fhir, resp: &Resp, with_resource: bool) -> Value {
-    let mut r = json!({"status": status_line(resp.status)});
-    if let Some(l) = &resp.location {
-        r["location"] = Value::String(
-            l.strip_prefix(&format!("{}/", fhir.base))
-                .unwrap_or(l)
-                .to_owned(),
-        );
-    }
-    if let Some(v) = resp.version {
-        r["etag"] = Value::String(format!("W/\"{v}\""));
-    }
-    if let Some(t) = resp.last_modified {
-        r["lastModified"] = Value::String(format_instant(t));
-    }
-    let mut e = json!({});
+/// A batch or transaction response entry, written to `out` as JSON text: a stored resource
+/// goes in as the text it was stored as (not parsed again).
+fn response_entry(out: &mut String, fhir: &Fhir, resp: &Resp, with_resource: bool) {
+    let string = |s: &str| Value::String(s.to_owned()).to_string();
+    let mut fields: Vec<String> = Vec::with_capacity(3);
     if let Some(l) = &resp.location
         && let Some(full) = l.split("/_history/").next()
     {
-        e["fullUrl"] = Value::String(full.to_owned());
+        fields.push(format!(r#""fullUrl":{}"#, string(full)));
     }
     if with_resource || !resp.is_resource {
         match &resp.body {
-            Body::Raw(text) => {
-                if let Ok(v) = serde_json::from_str::<Value>(text) {
-                    e["resource"] = v;
-                }
+            // stored text is a JSON object; anything else would not be
+            Body::Raw(text) if text.starts_with('{') => {
+                fields.push(format!(r#""resource":{text}"#))
             }
-            Body::Json(v) => e["resource"] = v.clone(),
-            Body::None | Body::Table(_) => {}
+            Body::Json(v) => fields.push(format!(r#""resource":{v}"#)),
+            Body::Raw(_) | Body::None | Body::Table(_) => {}
         }
     }
-    e["response"] = r;
-    e
+    let mut r = format!(r#""status":{}"#, string(&status_line(resp.status)));
+    if let Some(l) = &resp.location {
+        let relative = l.strip_prefix(&format!("{}/", fhir.base)).unwrap_or(l);
+        let _ = write!(r, r#","location":{}"#, string(relative));
+    }
+    if let Some(v) = resp.version {
+        let _ = write!(r, r#","etag":{}"#, string(&format!("W/\"{v}\"")));
+    }
+    if let Some(t) = resp.last_modified {
+        let _ = write!(r, r#","lastModified":"{}""#, format_instant(t));
+    }
+    fields.push(format!(r#""response":{{{r}}}"#));
+    out.push('{');
+    out.push_str(&fields.join(","));
+    out.push('}');
 }
 
 fn error_entry(err: &Error) -> Value {
@@ -590,45 +594,68 @@ pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
         e.req.caller = req.caller.clone();
     }
     let with_resource = true;
-    let responses: Vec<Value> = if kind == "batch" {
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
+    // The response is written as text: the resources it carries are the stored texts.
+    let mut out = String::with_capacity(128 + entries.len() * 2600);
+    let _ = write!(
+        out,
+        r#"{{"resourceType":"Bundle","id":"{}","type":"{kind}-response""#,
+        interaction::new_id()
+    );
+    // FHIR has no empty arrays
+    if !entries.is_empty() {
+        out.push_str(r#","entry":["#);
+    }
+    let n = entries.len();
+    if kind == "batch" {
+        for (i, e) in entries.into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
             let mut r = e.req;
             if matches!(r.route, Route::Root) {
-                out.push(error_entry(&Error::invalid(
-                    "not-supported",
-                    "nested batch",
-                )));
+                out.push_str(
+                    &error_entry(&Error::invalid("not-supported", "nested batch")).to_string(),
+                );
                 continue;
             }
             r.strict = req.strict;
             match interaction::run_single(fhir, r).await {
-                Ok(resp) => out.push(response_entry(fhir, &resp, with_resource)),
-                Err(err) => out.push(error_entry(&err)),
+                Ok(resp) => response_entry(&mut out, fhir, &resp, with_resource),
+                Err(err) => out.push_str(&error_entry(&err).to_string()),
             }
         }
-        out
     } else {
+        // What needs no database is settled before the writer's turn (the Bundle, validated
+        // whole above, is not validated again entry by entry).
+        for (i, e) in entries.iter_mut().enumerate() {
+            interaction::admit(fhir, &e.req).map_err(|x| at_entry(i, x))?;
+            e.body = interaction::prepare(fhir, &mut e.req, true).map_err(|x| at_entry(i, x))?;
+        }
         let f = fhir.clone();
         let resps = fhir
             .store
             .write(move |tx| Box::pin(async move { transaction(&f, tx, entries).await }))
             .await?;
-        resps
-            .iter()
-            .map(|r| response_entry(fhir, r, with_resource))
-            .collect()
-    };
-    let mut out = json!({
-        "resourceType": "Bundle",
-        "id": interaction::new_id(),
-        "type": format!("{kind}-response"),
-    });
-    // FHIR has no empty arrays
-    if !responses.is_empty() {
-        out["entry"] = Value::Array(responses);
+        for (i, r) in resps.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            response_entry(&mut out, fhir, r, with_resource);
+        }
     }
-    Ok(Resp::json(StatusCode::OK, out))
+    if n > 0 {
+        out.push(']');
+    }
+    out.push('}');
+    Ok(Resp {
+        status: StatusCode::OK,
+        body: Body::Raw(out),
+        is_resource: false,
+        version: None,
+        last_modified: None,
+        location: None,
+        issues: Vec::new(),
+    })
 }
 
 /// Processing order of a transaction (FHIR R4 http.html#trules).
@@ -641,45 +668,43 @@ fn phase(m: &Method) -> u8 {
     }
 }
 
+/// An entry's error, naming the entry.
+fn at_entry(i: usize, e: Error) -> Error {
+    let status = e.status();
+    let issues: Vec<Issue> = e
+        .issues()
+        .into_iter()
+        .map(|mut iss| {
+            iss.diagnostics = format!("transaction entry {i}: {}", iss.diagnostics);
+            if iss.expression.is_none() {
+                iss.expression = Some(format!("Bundle.entry[{i}]"));
+            }
+            iss
+        })
+        .collect();
+    match status {
+        StatusCode::BAD_REQUEST => Error::Invalid(issues),
+        StatusCode::UNPROCESSABLE_ENTITY => Error::Unprocessable(issues),
+        StatusCode::NOT_FOUND => Error::NotFound(issues[0].diagnostics.clone()),
+        StatusCode::GONE => Error::Gone(issues[0].diagnostics.clone()),
+        StatusCode::PRECONDITION_FAILED => Error::PreconditionFailed(issues[0].diagnostics.clone()),
+        StatusCode::CONFLICT => Error::Conflict(issues[0].diagnostics.clone()),
+        StatusCode::METHOD_NOT_ALLOWED => Error::MethodNotAllowed(issues[0].diagnostics.clone()),
+        _ => e,
+    }
+}
+
 async fn transaction(
     fhir: &Fhir,
     tx: &mut Tx<'_>,
     mut entries: Vec<EntryReq>,
 ) -> Result<Vec<Resp>> {
-    let at = |i: usize, e: Error| -> Error {
-        let status = e.status();
-        let issues: Vec<Issue> = e
-            .issues()
-            .into_iter()
-            .map(|mut iss| {
-                iss.diagnostics = format!("transaction entry {i}: {}", iss.diagnostics);
-                if iss.expression.is_none() {
-                    iss.expression = Some(format!("Bundle.entry[{i}]"));
-                }
-                iss
-            })
-            .collect();
-        match status {
-            StatusCode::BAD_REQUEST => Error::Invalid(issues),
-            StatusCode::UNPROCESSABLE_ENTITY => Error::Unprocessable(issues),
-            StatusCode::NOT_FOUND => Error::NotFound(issues[0].diagnostics.clone()),
-            StatusCode::GONE => Error::Gone(issues[0].diagnostics.clone()),
-            StatusCode::PRECONDITION_FAILED => {
-                Error::PreconditionFailed(issues[0].diagnostics.clone())
-            }
-            StatusCode::CONFLICT => Error::Conflict(issues[0].diagnostics.clone()),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                Error::MethodNotAllowed(issues[0].diagnostics.clone())
-            }
-            _ => e,
-        }
-    };
+    let at = at_entry;
     // 1. what each fullUrl will be: new ids for creates, matches for conditional ones
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut matched: HashSet<usize> = HashSet::new();
     let mut touched: HashSet<String> = HashSet::new();
     for (i, e) in entries.iter_mut().enumerate() {
-        interaction::admit(fhir, &e.req).map_err(|x| at(i, x))?;
         let target = match (&e.req.method, &e.req.route) {
             (&Method::POST, Route::Type(t)) => {
                 let mut found = None;
@@ -721,7 +746,11 @@ async fn transaction(
     }
     // 2. references to other entries and conditional references
     for (i, e) in entries.iter_mut().enumerate() {
-        if let Some(body) = e.req.body.as_mut() {
+        let body = match e.body.as_mut() {
+            Some(checked) => Some(checked.value_mut()),
+            None => e.req.body.as_mut(),
+        };
+        if let Some(body) = body {
             let mut pending = Vec::new();
             rewrite_references(body, &ids, &mut pending);
             for (pointer, criteria) in pending {
@@ -760,20 +789,18 @@ async fn transaction(
                 && let Some(assigned) = ids.get(full)
             {
                 // create under the id other entries already point at
-                let id = assigned.rsplit('/').next().unwrap_or_default().to_owned();
-                fhir.check_type(t, "create").map_err(|x| at(i, x))?;
-                let mut body = e.req.body.take();
-                if let Some(b) = body.as_mut().and_then(Value::as_object_mut) {
-                    b.insert("id".into(), Value::String(id.clone()));
-                }
-                let mut r =
-                    interaction::update(fhir, tx, &e.req.caller, t, &id, body, None, "POST")
-                        .await
-                        .map_err(|x| at(i, x))?;
-                r.status = StatusCode::CREATED;
-                r
+                let id = assigned.rsplit('/').next().unwrap_or_default();
+                let body = e.body.take().ok_or_else(|| {
+                    at(
+                        i,
+                        Error::invalid("required", "create needs a resource in the body"),
+                    )
+                })?;
+                interaction::create_as(fhir, tx, &e.req.caller, t, id, body)
+                    .await
+                    .map_err(|x| at(i, x))?
             } else {
-                interaction::write(fhir, tx, &mut e.req)
+                interaction::write(fhir, tx, &mut e.req, e.body.take())
                     .await
                     .map_err(|x| at(i, x))?
             }

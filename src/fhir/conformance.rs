@@ -60,12 +60,12 @@ pub async fn publish(fhir: &Arc<Fhir>) -> Result<usize> {
                 let mut written = 0;
                 for (rtype, id, mut body) in all {
                     body["id"] = Value::String(id.clone());
-                    let r =
-                        interaction::update(&f, tx, &system, &rtype, &id, Some(body), None, "PUT")
-                            .await
-                            .map_err(|e| {
-                                Error::invalid("exception", format!("{rtype}/{id}: {e}"))
-                            })?;
+                    let in_context =
+                        |e: Error| Error::invalid("exception", format!("{rtype}/{id}: {e}"));
+                    let body = f.check_body(&rtype, body).map_err(in_context)?;
+                    let r = interaction::update(&f, tx, &system, &rtype, &id, body, None, "PUT")
+                        .await
+                        .map_err(in_context)?;
                     if r.status == axum::http::StatusCode::CREATED || r.version != Some(1) {
                         written += 1;
                     }

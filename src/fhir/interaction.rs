@@ -202,6 +202,62 @@ impl Req {
     }
 }
 
+/// A resource body checked against the base model for its type: what `create` and `update`
+/// keep. Checking is pure work, so it is done before a write is handed to the single writer
+/// ([`prepare`]): the writer's turn goes to the database, and a bad body never takes one.
+#[derive(Debug)]
+pub struct Checked(Value);
+
+impl Checked {
+    /// For changes that keep the body valid: the id a create or conditional update gives it,
+    /// references rewritten to other entries of a transaction.
+    pub fn value_mut(&mut self) -> &mut Value {
+        &mut self.0
+    }
+}
+
+/// The part of a write that needs no database, done before the write reaches the writer:
+/// the resource type takes the interaction, and the body of a create or an update is checked
+/// (`in_checked_bundle`: its transaction Bundle was validated whole, so only its type is).
+/// Returns that body, for [`write`].
+pub fn prepare(fhir: &Fhir, req: &mut Req, in_checked_bundle: bool) -> Result<Option<Checked>> {
+    let (t, interaction) = match (&req.method, &req.route) {
+        (&Method::POST, Route::Type(t)) => (t, "create"),
+        (&Method::PUT, Route::Type(t) | Route::Instance(t, _)) => (t, "update"),
+        _ => return Ok(None),
+    };
+    fhir.check_type(t, interaction)?;
+    let body = req.body.take().ok_or_else(|| {
+        Error::invalid(
+            "required",
+            format!("{interaction} needs a resource in the body"),
+        )
+    })?;
+    if in_checked_bundle {
+        check_resource_type(t, &body)?;
+        Ok(Some(Checked(body)))
+    } else {
+        fhir.check_body(t, body).map(Some)
+    }
+}
+
+/// `rtype` is the body's `resourceType`.
+fn check_resource_type(rtype: &str, body: &Value) -> Result<()> {
+    match json::resource_type(body) {
+        Some(t) if t == rtype => Ok(()),
+        Some(t) => Err(Error::invalid_at(
+            "invalid",
+            format!("resourceType `{t}` does not match the URL's `{rtype}`"),
+            "resourceType",
+        )),
+        None => Err(Error::invalid_at(
+            "required",
+            "missing resourceType",
+            "resourceType",
+        )),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Body {
     None,
@@ -293,28 +349,12 @@ impl Fhir {
         )
     }
 
-    /// Checks a resource body for `rtype`: structure, then the resource type.
-    pub fn check_body(&self, rtype: &str, body: &Value) -> Result<()> {
-        match json::resource_type(body) {
-            Some(t) if t == rtype => {}
-            Some(t) => {
-                return Err(Error::invalid_at(
-                    "invalid",
-                    format!("resourceType `{t}` does not match the URL's `{rtype}`"),
-                    "resourceType",
-                ));
-            }
-            None => {
-                return Err(Error::invalid_at(
-                    "required",
-                    "missing resourceType",
-                    "resourceType",
-                ));
-            }
-        }
-        let issues = validate_resource(self.model, body);
+    /// Checks a resource body for `rtype`: the resource type, then the structure.
+    pub fn check_body(&self, rtype: &str, body: Value) -> Result<Checked> {
+        check_resource_type(rtype, &body)?;
+        let issues = validate_resource(self.model, &body);
         if issues.is_empty() {
-            Ok(())
+            Ok(Checked(body))
         } else {
             Err(Error::Invalid(issues))
         }
@@ -379,35 +419,30 @@ async fn conditional_matches(
 
 /// Runs a write interaction inside the job's transaction; takes the body out of `req` (a job
 /// runs once).
-pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &mut Req) -> Result<Resp> {
+/// Runs a write in the writer's transaction; `body` is what [`prepare`] made of the request.
+pub async fn write(
+    fhir: &Fhir,
+    tx: &mut Tx<'_>,
+    req: &mut Req,
+    body: Option<Checked>,
+) -> Result<Resp> {
+    let required =
+        |what: &str| Error::invalid("required", format!("{what} needs a resource in the body"));
     match (&req.method, &req.route) {
-        (&Method::POST, Route::Type(t)) => create(fhir, tx, t, req.body.take(), req).await,
+        (&Method::POST, Route::Type(t)) => {
+            create(fhir, tx, t, body.ok_or_else(|| required("create"))?, req).await
+        }
         (&Method::PUT, Route::Instance(t, id)) => {
-            fhir.check_type(t, "update")?;
-            update(
-                fhir,
-                tx,
-                &req.caller,
-                t,
-                id,
-                req.body.take(),
-                req.if_match,
-                "PUT",
-            )
-            .await
+            let body = body.ok_or_else(|| required("update"))?;
+            update(fhir, tx, &req.caller, t, id, body, req.if_match, "PUT").await
         }
         (&Method::PUT, Route::Type(t)) => {
-            fhir.check_type(t, "update")?;
+            let mut body = body.ok_or_else(|| required("update"))?;
             let found = {
                 tx.lock_key(&criteria_key(t, &req.query)).await?;
                 conditional_matches(fhir, tx.conn(), t, &req.query).await?
             };
-            let body_id = req
-                .body
-                .as_ref()
-                .and_then(|b| b.get("id"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            let body_id = body.0.get("id").and_then(Value::as_str).map(str::to_owned);
             let id = match found.as_slice() {
                 [] => body_id.clone().unwrap_or_else(new_id),
                 [one] => one.id.clone(),
@@ -418,9 +453,8 @@ pub async fn write(fhir: &Fhir, tx: &mut Tx<'_>, req: &mut Req) -> Result<Resp> 
                 }
             };
             // The body may leave the id out: it is the match's (or a new one).
-            let mut body = req.body.take();
             if body_id.is_none()
-                && let Some(b) = body.as_mut().and_then(Value::as_object_mut)
+                && let Some(b) = body.0.as_object_mut()
             {
                 b.insert("id".into(), Value::String(id.clone()));
             }
@@ -485,13 +519,9 @@ async fn create(
     fhir: &Fhir,
     tx: &mut Tx<'_>,
     rtype: &str,
-    body: Option<Value>,
+    body: Checked,
     req: &Req,
 ) -> Result<Resp> {
-    fhir.check_type(rtype, "create")?;
-    let body =
-        body.ok_or_else(|| Error::invalid("required", "create needs a resource in the body"))?;
-    fhir.check_body(rtype, &body)?;
     if let Some(criteria) = &req.if_none_exist {
         let criteria_pairs = parse_query_string(criteria);
         tx.lock_key(&criteria_key(rtype, &criteria_pairs)).await?;
@@ -506,13 +536,28 @@ async fn create(
             }
         }
     }
-    let id = new_id();
-    let mut body = body;
+    create_as(fhir, tx, &req.caller, rtype, &new_id(), body).await
+}
+
+/// Creates `rtype/id` under an id the server has just made ([`new_id`]): nothing can be
+/// stored under it yet, so there is nothing to look up.
+pub async fn create_as(
+    fhir: &Fhir,
+    tx: &mut Tx<'_>,
+    caller: &Caller,
+    rtype: &str,
+    id: &str,
+    body: Checked,
+) -> Result<Resp> {
+    let mut body = body.0;
+    if let Some(b) = body.as_object_mut() {
+        b.insert("id".into(), Value::String(id.to_owned()));
+    }
     fhir.workflow
-        .before_write(fhir, tx, &req.caller, rtype, &id, None, &mut body)
+        .before_write(fhir, tx, caller, rtype, id, None, &mut body)
         .await?;
     let index = fhir.index(rtype, &body);
-    let stored = keep(tx, rtype, &id, None, body, &index, "POST").await?;
+    let stored = keep(tx, rtype, id, None, body, &index, "POST").await?;
     Ok(Resp::stored(fhir, StatusCode::CREATED, &stored))
 }
 
@@ -537,7 +582,7 @@ pub async fn put_resource(
     if let Some(b) = body.as_object_mut() {
         b.insert("id".into(), Value::String(id.clone()));
     }
-    fhir.check_body(rtype, &body)?;
+    let body = fhir.check_body(rtype, body)?.0;
     let live = current.as_ref().filter(|c| !c.deleted);
     let index = fhir.index(rtype, &body);
     keep(
@@ -586,13 +631,11 @@ pub async fn update(
     caller: &Caller,
     rtype: &str,
     id: &str,
-    body: Option<Value>,
+    body: Checked,
     if_match: Option<i64>,
     method: &str,
 ) -> Result<Resp> {
-    let body =
-        body.ok_or_else(|| Error::invalid("required", "update needs a resource in the body"))?;
-    fhir.check_body(rtype, &body)?;
+    let body = body.0;
     match body.get("id") {
         Some(Value::String(b)) if b == id => {}
         Some(Value::String(b)) => {
@@ -707,7 +750,7 @@ async fn patch_one(fhir: &Fhir, tx: &mut Tx<'_>, rtype: &str, id: &str, req: &Re
         &req.caller,
         rtype,
         id,
-        Some(doc),
+        Checked(doc),
         Some(cur.version),
         "PATCH",
     )
@@ -1054,13 +1097,15 @@ pub async fn run_single(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
         return instance(fhir, &req, t, id, cur);
     }
     if req.is_write() {
+        let mut req = req;
+        let body = prepare(fhir, &mut req, false)?;
         let f = fhir.clone();
         return fhir
             .store
             .write(move |tx| {
                 Box::pin(async move {
                     let mut req = req;
-                    write(&f, tx, &mut req).await
+                    write(&f, tx, &mut req, body).await
                 })
             })
             .await;

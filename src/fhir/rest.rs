@@ -464,6 +464,9 @@ async fn handle_inner(
 fn observe(access: &mut Access, resp: &Resp) {
     match &resp.body {
         Body::Raw(text) if resp.is_resource => access.saw_text(text),
+        Body::Raw(text) if matches!(access.route, Some(Route::Root)) => {
+            access.saw_entries_text(text)
+        }
         Body::Json(v) if v["resourceType"] == "Bundle" && v["type"] == "collection" => {
             for e in v["entry"].as_array().into_iter().flatten() {
                 access.saw(&e["resource"]);
