@@ -699,7 +699,6 @@ async fn transaction(
     tx: &mut Tx<'_>,
     mut entries: Vec<EntryReq>,
 ) -> Result<Vec<Resp>> {
-    let at = at_entry;
     // 1. what each fullUrl will be: new ids for creates, matches for conditional ones
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut matched: HashSet<usize> = HashSet::new();
@@ -714,7 +713,7 @@ async fn transaction(
                         .await?;
                     let mut s = fhir
                         .parse_search(t, &criteria, true)
-                        .map_err(|x| at(i, x))?;
+                        .map_err(|x| at_entry(i, x))?;
                     s.query.limit = 2;
                     let m = tx.conn().search(&s.query).await?;
                     if m.len() == 1 {
@@ -735,7 +734,7 @@ async fn transaction(
             && e.req.method != Method::POST
             && !touched.insert(t.clone())
         {
-            return Err(at(
+            return Err(at_entry(
                 i,
                 Error::invalid("invalid", format!("{t} appears twice in the transaction")),
             ));
@@ -758,11 +757,13 @@ async fn transaction(
                 let params: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
                     .map(|(k, v)| (k.into_owned(), v.into_owned()))
                     .collect();
-                let mut s = fhir.parse_search(t, &params, true).map_err(|x| at(i, x))?;
+                let mut s = fhir
+                    .parse_search(t, &params, true)
+                    .map_err(|x| at_entry(i, x))?;
                 s.query.limit = 2;
                 let m = tx.conn().search(&s.query).await?;
                 if m.len() != 1 {
-                    return Err(at(
+                    return Err(at_entry(
                         i,
                         Error::PreconditionFailed(format!(
                             "conditional reference `{criteria}` matches {} resources, not one",
@@ -791,25 +792,28 @@ async fn transaction(
                 // create under the id other entries already point at
                 let id = assigned.rsplit('/').next().unwrap_or_default();
                 let body = e.body.take().ok_or_else(|| {
-                    at(
+                    at_entry(
                         i,
                         Error::invalid("required", "create needs a resource in the body"),
                     )
                 })?;
                 interaction::create_as(fhir, tx, &e.req.caller, t, id, body)
                     .await
-                    .map_err(|x| at(i, x))?
+                    .map_err(|x| at_entry(i, x))?
             } else {
                 interaction::write(fhir, tx, &mut e.req, e.body.take())
                     .await
-                    .map_err(|x| at(i, x))?
+                    .map_err(|x| at_entry(i, x))?
             }
         } else if matches!(e.req.route, Route::Root) {
-            return Err(at(i, Error::invalid("not-supported", "nested transaction")));
+            return Err(at_entry(
+                i,
+                Error::invalid("not-supported", "nested transaction"),
+            ));
         } else {
             interaction::read(fhir, tx.conn(), &e.req)
                 .await
-                .map_err(|x| at(i, x))?
+                .map_err(|x| at_entry(i, x))?
         };
         responses[i] = Some(resp);
     }
