@@ -221,15 +221,7 @@ pub fn searchset(fhir: &Fhir, rtype: &str, s: &Search, page: Page<'_>) -> Resp {
         out.truncate(out.len() - r#","entry":[]}"#.len());
         out.push('}');
     }
-    Resp {
-        status: StatusCode::OK,
-        body: Body::Raw(out),
-        is_resource: false,
-        version: None,
-        last_modified: None,
-        location: None,
-        issues: Vec::new(),
-    }
+    Resp::text(StatusCode::OK, out)
 }
 
 async fn includes(
@@ -517,7 +509,7 @@ fn status_line(s: StatusCode) -> String {
 
 /// A batch or transaction response entry, written to `out` as JSON text: a stored resource
 /// goes in as the text it was stored as (not parsed again).
-fn response_entry(out: &mut String, fhir: &Fhir, resp: &Resp, with_resource: bool) {
+fn response_entry(out: &mut String, fhir: &Fhir, resp: &Resp) {
     let string = |s: &str| Value::String(s.to_owned()).to_string();
     let mut fields: Vec<String> = Vec::with_capacity(3);
     if let Some(l) = &resp.location
@@ -525,15 +517,11 @@ fn response_entry(out: &mut String, fhir: &Fhir, resp: &Resp, with_resource: boo
     {
         fields.push(format!(r#""fullUrl":{}"#, string(full)));
     }
-    if with_resource || !resp.is_resource {
-        match &resp.body {
-            // stored text is a JSON object; anything else would not be
-            Body::Raw(text) if text.starts_with('{') => {
-                fields.push(format!(r#""resource":{text}"#))
-            }
-            Body::Json(v) => fields.push(format!(r#""resource":{v}"#)),
-            Body::Raw(_) | Body::None | Body::Table(_) => {}
-        }
+    match &resp.body {
+        // stored text is a JSON object; anything else would not be
+        Body::Raw(text) if text.starts_with('{') => fields.push(format!(r#""resource":{text}"#)),
+        Body::Json(v) => fields.push(format!(r#""resource":{v}"#)),
+        Body::Raw(_) | Body::None | Body::Table(_) => {}
     }
     let mut r = format!(r#""status":{}"#, string(&status_line(resp.status)));
     if let Some(l) = &resp.location {
@@ -593,7 +581,6 @@ pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
     for e in &mut entries {
         e.req.caller = req.caller.clone();
     }
-    let with_resource = true;
     // The response is written as text: the resources it carries are the stored texts.
     let mut out = String::with_capacity(128 + entries.len() * 2600);
     let _ = write!(
@@ -620,7 +607,7 @@ pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
             }
             r.strict = req.strict;
             match interaction::run_single(fhir, r).await {
-                Ok(resp) => response_entry(&mut out, fhir, &resp, with_resource),
+                Ok(resp) => response_entry(&mut out, fhir, &resp),
                 Err(err) => out.push_str(&error_entry(&err).to_string()),
             }
         }
@@ -640,22 +627,14 @@ pub async fn batch_or_transaction(fhir: &Arc<Fhir>, req: Req) -> Result<Resp> {
             if i > 0 {
                 out.push(',');
             }
-            response_entry(&mut out, fhir, r, with_resource);
+            response_entry(&mut out, fhir, r);
         }
     }
     if n > 0 {
         out.push(']');
     }
     out.push('}');
-    Ok(Resp {
-        status: StatusCode::OK,
-        body: Body::Raw(out),
-        is_resource: false,
-        version: None,
-        last_modified: None,
-        location: None,
-        issues: Vec::new(),
-    })
+    Ok(Resp::text(StatusCode::OK, out))
 }
 
 /// Processing order of a transaction (FHIR R4 http.html#trules).

@@ -283,9 +283,18 @@ pub struct Resp {
 
 impl Resp {
     pub fn json(status: StatusCode, body: Value) -> Resp {
+        Resp::of(status, Body::Json(body))
+    }
+
+    /// A body already written as JSON text: a Bundle assembled around stored resources.
+    pub fn text(status: StatusCode, text: String) -> Resp {
+        Resp::of(status, Body::Raw(text))
+    }
+
+    fn of(status: StatusCode, body: Body) -> Resp {
         Resp {
             status,
-            body: Body::Json(body),
+            body,
             is_resource: false,
             version: None,
             last_modified: None,
