@@ -4,7 +4,9 @@ mod common;
 
 use std::sync::Arc;
 
-use passerelle::store::{Store, StoreError, StoreOptions};
+use passerelle::store::{
+    Check, Cmp, Filter, IndexRow, NewVersion, Query, Store, StoreError, StoreOptions, Table,
+};
 use passerelle::time::SystemClock;
 
 /// A store on a fresh database of `engine` (None: PostgreSQL not configured), with what keeps
@@ -129,4 +131,96 @@ async fn jobs_of_one_batch_keep_or_lose_their_own_writes_sqlite() {
 #[tokio::test]
 async fn jobs_of_one_batch_keep_or_lose_their_own_writes_postgres() {
     jobs_of_one_batch_keep_or_lose_their_own_writes(common::Engine::Postgres).await;
+}
+
+/// A job's new resources whose rows cannot be written (here one claims the name of a resource
+/// already stored, without having read it) fail the job, and nothing of it stays: not the
+/// other resource it kept (written in the same multi-row INSERT, before the failing row), not
+/// its index rows. The writer goes on.
+async fn rows_that_cannot_be_written_leave_nothing(engine: common::Engine) {
+    let Some((store, _guard)) = open(engine).await else {
+        return;
+    };
+    let put = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |tx| {
+                    Box::pin(async move {
+                        let (b, index) = (body(id), [token(id)]);
+                        tx.put(new_patient(id, &b, &index)).await?;
+                        Ok::<(), StoreError>(())
+                    })
+                })
+                .await
+        }
+    };
+    put("a").await.expect("the first write");
+    let failed: Result<(), StoreError> = store
+        .write(|tx| {
+            Box::pin(async move {
+                for id in ["b", "a"] {
+                    let (b, index) = (body(id), [token(id)]);
+                    tx.put(new_patient(id, &b, &index)).await?;
+                }
+                Ok(())
+            })
+        })
+        .await;
+    assert!(failed.is_err(), "Patient/a is taken");
+    let (b, kept, matched) = store
+        .read(|c| {
+            Box::pin(async move {
+                let b = c.current("Patient", "b", false).await?;
+                let kept = c.count(&Query::new("Patient")).await?;
+                let mut q = Query::new("Patient");
+                q.filters.push(Filter::Has {
+                    table: Table::Token,
+                    param: "Patient.identifier".into(),
+                    checks: vec![Check::text("code", Cmp::Eq, "b")],
+                });
+                let matched = c.count(&q).await?;
+                Ok((b, kept, matched))
+            })
+        })
+        .await
+        .expect("read");
+    assert!(b.is_none(), "nothing of the failed job is stored");
+    assert_eq!((kept, matched), (1, 0));
+    put("c").await.expect("the writer goes on");
+    assert!(store.current("Patient", "c").await.expect("read").is_some());
+}
+
+fn token(code: &str) -> IndexRow {
+    IndexRow::Token {
+        param: "Patient.identifier".into(),
+        system: "urn:test".into(),
+        code: code.into(),
+    }
+}
+
+fn body(id: &str) -> String {
+    format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#)
+}
+
+fn new_patient<'a>(id: &'a str, body: &'a str, index: &'a [IndexRow]) -> NewVersion<'a> {
+    NewVersion {
+        rtype: "Patient",
+        id,
+        previous: None,
+        version: 1,
+        method: "POST",
+        body: Some(body),
+        index,
+    }
+}
+
+#[tokio::test]
+async fn rows_that_cannot_be_written_leave_nothing_sqlite() {
+    rows_that_cannot_be_written_leave_nothing(common::Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn rows_that_cannot_be_written_leave_nothing_postgres() {
+    rows_that_cannot_be_written_leave_nothing(common::Engine::Postgres).await;
 }

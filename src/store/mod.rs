@@ -870,6 +870,12 @@ impl Script {
 
     /// `head` (`INSERT INTO t (…) VALUES `) for `rows` in runs of fixed sizes, each row's
     /// `columns` values added by `add`, in order, to SQLite's anonymous `?` placeholders.
+    ///
+    /// Written `INSERT OR FAIL`: a multi-row INSERT that may abort makes SQLite copy every
+    /// page it changes into a statement journal first, so that the statement alone can be
+    /// undone (8 % of the writer thread at c=16, BENCHMARKS.md "Multi-row INSERTs without a
+    /// statement journal"). Nothing needs that here: a script that fails breaks its whole
+    /// batch (`Batch::broken`), which then rolls back.
     fn insert<T>(
         &mut self,
         head: &str,
@@ -877,9 +883,13 @@ impl Script {
         rows: &[T],
         mut add: impl FnMut(&mut SqliteArguments, &T) -> Result<(), sqlx::error::BoxDynError>,
     ) -> Result<(), StoreError> {
+        let table = head.strip_prefix("INSERT INTO ").ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Protocol(format!("not an INSERT: {head}")))
+        })?;
         for chunk in chunks(rows) {
             let (text, args) = self.next();
-            text.push_str(&values_sql(head, columns, chunk.len(), true));
+            text.push_str("INSERT OR FAIL INTO ");
+            text.push_str(&values_sql(table, columns, chunk.len(), true));
             text.push_str(";\n");
             for r in chunk {
                 add(args, r).map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
