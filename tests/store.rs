@@ -224,3 +224,33 @@ async fn rows_that_cannot_be_written_leave_nothing_sqlite() {
 async fn rows_that_cannot_be_written_leave_nothing_postgres() {
     rows_that_cannot_be_written_leave_nothing(common::Engine::Postgres).await;
 }
+
+/// On PostgreSQL the planner has statistics on the search index tables' columns taken together
+/// (migration 8): estimating them as independent, it expected 8 of an owner's 206 Tasks and
+/// fetched every match's body before sorting out the first page (BENCHMARKS.md).
+#[tokio::test]
+async fn postgres_plans_searches_with_statistics_on_index_columns_together() {
+    use sqlx::Connection;
+    let Some((url, _guard)) = common::fresh_database(common::Engine::Postgres).await else {
+        return;
+    };
+    let options = StoreOptions {
+        pool_size: 1,
+        sqlite_durable: true,
+        sqlite_mmap_bytes: 0,
+    };
+    let store = Store::open(&url, &options, Arc::new(SystemClock))
+        .await
+        .expect("open");
+    let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT stxname::text FROM pg_statistic_ext \
+         WHERE stxnamespace = current_schema()::regnamespace ORDER BY 1",
+    )
+    .fetch_all(&mut c)
+    .await
+    .expect("statistics");
+    assert_eq!(names, ["idx_reference_values", "idx_token_values"]);
+    c.close().await.expect("close");
+    drop(store);
+}

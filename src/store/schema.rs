@@ -53,6 +53,12 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../../migrations/sqlite/0007_covering_indexes.sql"),
         postgres: include_str!("../../migrations/postgres/0007_covering_indexes.sql"),
     },
+    Migration {
+        version: 8,
+        name: "search_statistics",
+        sqlite: include_str!("../../migrations/sqlite/0008_search_statistics.sql"),
+        postgres: include_str!("../../migrations/postgres/0008_search_statistics.sql"),
+    },
 ];
 
 /// Creates the audit trail's table in the attached `audit` file if missing, and moves there
