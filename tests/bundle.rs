@@ -76,17 +76,11 @@ on_both_engines!(transaction_links_and_conditional_creates, |gw| {
     // its audit event names the patient the entries touched, once
     gw.app.audit.flush().await;
     let events = gw
-        .get(&format!(
+        .search_ids(&format!(
             "AuditEvent?patient=Patient/{patient_id}&subtype=transaction"
         ))
-        .await
-        .expect(200)
-        .json();
-    assert_eq!(
-        events["entry"].as_array().map_or(0, Vec::len),
-        1,
-        "{events}"
-    );
+        .await;
+    assert_eq!(events.len(), 1, "{events:?}");
     // the references are searchable as written
     assert_eq!(
         gw.search_ids(&format!("Task?focus=ServiceRequest/{sr_id}"))

@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use passerelle::store::{
-    Check, Cmp, Filter, IndexRow, NewVersion, Query, Store, StoreError, StoreOptions, Table,
+    Check, Cmp, Filter, IndexRow, NewVersion, Query, Store, StoreError, StoreOptions, Table, Tx,
 };
 use passerelle::time::SystemClock;
 
@@ -13,15 +13,19 @@ use passerelle::time::SystemClock;
 /// that database alive.
 async fn open(engine: common::Engine) -> Option<(Store, impl Sized)> {
     let (url, guard) = common::fresh_database(engine).await?;
+    Some((open_at(&url).await, guard))
+}
+
+/// A store on the database at `url`, migrated.
+async fn open_at(url: &str) -> Store {
     let options = StoreOptions {
         pool_size: 2,
         sqlite_durable: true,
         sqlite_mmap_bytes: 0,
     };
-    let store = Store::open(&url, &options, Arc::new(SystemClock))
+    Store::open(url, &options, Arc::new(SystemClock))
         .await
-        .expect("open");
-    Some((store, guard))
+        .expect("open")
 }
 
 /// A write job runs to its commit even when whoever asked for it stops waiting (a client gone,
@@ -145,13 +149,7 @@ async fn rows_that_cannot_be_written_leave_nothing(engine: common::Engine) {
         let store = store.clone();
         async move {
             store
-                .write(move |tx| {
-                    Box::pin(async move {
-                        let (b, index) = (body(id), [token(id)]);
-                        tx.put(new_patient(id, &b, &index)).await?;
-                        Ok::<(), StoreError>(())
-                    })
-                })
+                .write(move |tx| Box::pin(async move { keep_patient(tx, id).await }))
                 .await
         }
     };
@@ -159,11 +157,8 @@ async fn rows_that_cannot_be_written_leave_nothing(engine: common::Engine) {
     let failed: Result<(), StoreError> = store
         .write(|tx| {
             Box::pin(async move {
-                for id in ["b", "a"] {
-                    let (b, index) = (body(id), [token(id)]);
-                    tx.put(new_patient(id, &b, &index)).await?;
-                }
-                Ok(())
+                keep_patient(tx, "b").await?;
+                keep_patient(tx, "a").await
             })
         })
         .await;
@@ -191,28 +186,25 @@ async fn rows_that_cannot_be_written_leave_nothing(engine: common::Engine) {
     assert!(store.current("Patient", "c").await.expect("read").is_some());
 }
 
-fn token(code: &str) -> IndexRow {
-    IndexRow::Token {
+/// Keeps a new Patient `id` with one identifier row, without looking the id up first.
+async fn keep_patient(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
+    let body = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);
+    let index = [IndexRow::Token {
         param: "Patient.identifier".into(),
         system: "urn:test".into(),
-        code: code.into(),
-    }
-}
-
-fn body(id: &str) -> String {
-    format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#)
-}
-
-fn new_patient<'a>(id: &'a str, body: &'a str, index: &'a [IndexRow]) -> NewVersion<'a> {
-    NewVersion {
+        code: id.into(),
+    }];
+    tx.put(NewVersion {
         rtype: "Patient",
         id,
         previous: None,
         version: 1,
         method: "POST",
-        body: Some(body),
-        index,
-    }
+        body: Some(&body),
+        index: &index,
+    })
+    .await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -234,14 +226,7 @@ async fn postgres_plans_searches_with_statistics_on_index_columns_together() {
     let Some((url, _guard)) = common::fresh_database(common::Engine::Postgres).await else {
         return;
     };
-    let options = StoreOptions {
-        pool_size: 1,
-        sqlite_durable: true,
-        sqlite_mmap_bytes: 0,
-    };
-    let store = Store::open(&url, &options, Arc::new(SystemClock))
-        .await
-        .expect("open");
+    let store = open_at(&url).await;
     let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT stxname::text FROM pg_statistic_ext \
