@@ -5,7 +5,8 @@ mod common;
 use std::sync::Arc;
 
 use passerelle::store::{
-    Check, Cmp, Filter, IndexRow, NewVersion, Query, Store, StoreError, StoreOptions, Table, Tx,
+    Arg, Check, Cmp, Filter, IndexRow, NewVersion, Query, Store, StoreError, StoreOptions, Table,
+    Tx,
 };
 use passerelle::time::SystemClock;
 
@@ -184,6 +185,139 @@ async fn rows_that_cannot_be_written_leave_nothing(engine: common::Engine) {
     assert_eq!((kept, matched), (1, 0));
     put("c").await.expect("the writer goes on");
     assert!(store.current("Patient", "c").await.expect("read").is_some());
+}
+
+/// A new resource is found through each kind of index row it was written with (on
+/// PostgreSQL its rows go with it in one statement, a `VALUES` list per table).
+async fn a_new_resource_is_found_by_each_kind_of_row(engine: common::Engine) {
+    let Some((store, _guard)) = open(engine).await else {
+        return;
+    };
+    let text = |s: &str| s.to_owned();
+    let rows = vec![
+        IndexRow::String {
+            param: text("Location.name"),
+            norm: text("ssr les tilleuls"),
+            exact: text("SSR Les Tilleuls"),
+        },
+        IndexRow::Token {
+            param: text("Location.identifier"),
+            system: text("urn:test"),
+            code: text("L1"),
+        },
+        IndexRow::Token {
+            param: text("Location.type"),
+            system: text("urn:test:type"),
+            code: text("SMR"),
+        },
+        IndexRow::Reference {
+            param: text("Location.organization"),
+            target_type: text("Organization"),
+            target_id: text("o1"),
+        },
+        IndexRow::Date {
+            param: text("Location.date"),
+            lo: 1_000_000,
+            hi: 1_999_999,
+        },
+        IndexRow::Number {
+            param: text("Location.near-lat"),
+            lo: 45.75,
+            hi: 45.75,
+            system: String::new(),
+            code: String::new(),
+        },
+        IndexRow::Uri {
+            param: text("Location._profile"),
+            value: text("https://passerelle.dev/fhir/StructureDefinition/location"),
+        },
+    ];
+    let body = r#"{"resourceType":"Location","id":"l1"}"#;
+    store
+        .write(move |tx| {
+            Box::pin(async move {
+                tx.put(NewVersion {
+                    rtype: "Location",
+                    id: "l1",
+                    previous: None,
+                    version: 1,
+                    method: "POST",
+                    body: Some(body),
+                    index: &rows,
+                })
+                .await
+                .map(|_| ())
+            })
+        })
+        .await
+        .expect("write");
+    let has = |table, param: &str, checks| Filter::Has {
+        table,
+        param: param.to_owned(),
+        checks,
+    };
+    let filters = [
+        has(
+            Table::String,
+            "Location.name",
+            vec![Check::text("norm", Cmp::Eq, "ssr les tilleuls")],
+        ),
+        has(
+            Table::Token,
+            "Location.identifier",
+            vec![Check::text("code", Cmp::Eq, "L1")],
+        ),
+        has(
+            Table::Token,
+            "Location.type",
+            vec![Check::text("system", Cmp::Eq, "urn:test:type")],
+        ),
+        has(
+            Table::Reference,
+            "Location.organization",
+            vec![Check::text("target_id", Cmp::Eq, "o1")],
+        ),
+        has(
+            Table::Date,
+            "Location.date",
+            vec![Check::new("lo", Cmp::Eq, Arg::Int(1_000_000))],
+        ),
+        has(
+            Table::Number,
+            "Location.near-lat",
+            vec![Check::new("hi", Cmp::Eq, Arg::Real(45.75))],
+        ),
+        has(
+            Table::Uri,
+            "Location._profile",
+            vec![Check::text(
+                "value",
+                Cmp::Eq,
+                "https://passerelle.dev/fhir/StructureDefinition/location",
+            )],
+        ),
+    ];
+    for filter in filters {
+        let mut q = Query::new("Location");
+        q.filters.push(filter.clone());
+        let n = store
+            .read(|c| Box::pin(async move { c.count(&q).await }))
+            .await
+            .expect("count");
+        assert_eq!(n, 1, "{filter:?}");
+    }
+    let stored = store.current("Location", "l1").await.expect("read");
+    assert_eq!(stored.and_then(|s| s.body).as_deref(), Some(body));
+}
+
+#[tokio::test]
+async fn a_new_resource_is_found_by_each_kind_of_row_sqlite() {
+    a_new_resource_is_found_by_each_kind_of_row(common::Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_new_resource_is_found_by_each_kind_of_row_postgres() {
+    a_new_resource_is_found_by_each_kind_of_row(common::Engine::Postgres).await;
 }
 
 /// Keeps a new Patient `id` with one identifier row, without looking the id up first.

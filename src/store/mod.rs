@@ -215,6 +215,9 @@ enum Backend {
     },
     Postgres {
         pool: PgPool,
+        /// Reads of one resource by its key (`Store::current`, `Store::version`), on
+        /// connections that keep each statement's plan (see `Store::open`).
+        lookups: PgPool,
     },
 }
 
@@ -340,18 +343,27 @@ impl Store {
             // Searches are the same SQL text with very different selectivities per value: a
             // generic plan (PostgreSQL's choice after five runs of a prepared statement) turns
             // a 4 ms dashboard query into 35 ms. Plan each execution with its values.
-            let opts = PgConnectOptions::from_str(url)
-                .map_err(|e| open_err(&e))?
-                .options([("plan_cache_mode", "force_custom_plan")]);
-            let pool = PgPoolOptions::new()
-                .max_connections(options.pool_size.max(2))
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(opts)
+            let opts = PgConnectOptions::from_str(url).map_err(|e| open_err(&e))?;
+            let pool_options = || {
+                PgPoolOptions::new()
+                    .max_connections(options.pool_size.max(2))
+                    .acquire_timeout(Duration::from_secs(10))
+            };
+            let pool = pool_options()
+                .connect_with(
+                    opts.clone()
+                        .options([("plan_cache_mode", "force_custom_plan")]),
+                )
                 .await
                 .map_err(|e| open_err(&e))?;
+            // A read by key has one good plan, and planning it again at each execution took
+            // 0.17 ms of PostgreSQL's 0.2 (BENCHMARKS.md, "PostgreSQL plans a read by id
+            // once"): those reads run on connections with PostgreSQL's default plan cache,
+            // opened when first needed.
+            let lookups = pool_options().connect_lazy_with(opts);
             let mut c = pool.acquire().await?;
             schema::migrate(&mut Conn::Pg(&mut c), clock.now()).await?;
-            Backend::Postgres { pool }
+            Backend::Postgres { pool, lookups }
         };
         Ok(Store {
             inner: Arc::new(Inner {
@@ -377,7 +389,10 @@ impl Store {
     pub fn pool_state(&self) -> (u32, usize) {
         match &self.inner.backend {
             Backend::Sqlite { readers, .. } => (readers.size(), readers.num_idle()),
-            Backend::Postgres { pool } => (pool.size(), pool.num_idle()),
+            Backend::Postgres { pool, lookups } => (
+                pool.size() + lookups.size(),
+                pool.num_idle() + lookups.num_idle(),
+            ),
         }
     }
 
@@ -386,13 +401,22 @@ impl Store {
     where
         F: for<'a, 'c> FnOnce(&'a mut Conn<'c>) -> BoxFuture<'a, Result<T, StoreError>>,
     {
+        self.read_on(false, f).await
+    }
+
+    /// Runs `f` on a reading connection; on PostgreSQL, one of the `lookups` pool when
+    /// `lookup` (reads by key only: those connections keep generic plans).
+    async fn read_on<T, F>(&self, lookup: bool, f: F) -> Result<T, StoreError>
+    where
+        F: for<'a, 'c> FnOnce(&'a mut Conn<'c>) -> BoxFuture<'a, Result<T, StoreError>>,
+    {
         match &self.inner.backend {
             Backend::Sqlite { readers, .. } => {
                 let mut c = readers.acquire().await?;
                 f(&mut Conn::Sqlite(&mut c, None)).await
             }
-            Backend::Postgres { pool } => {
-                let mut c = pool.acquire().await?;
+            Backend::Postgres { pool, lookups } => {
+                let mut c = if lookup { lookups } else { pool }.acquire().await?;
                 f(&mut Conn::Pg(&mut c)).await
             }
         }
@@ -431,7 +455,7 @@ impl Store {
                     Err(e) => Err(*e.downcast::<E>().expect("job error type")),
                 }
             }
-            Backend::Postgres { pool } => {
+            Backend::Postgres { pool, .. } => {
                 // The transaction runs in a task of its own, so that a request cancelled
                 // halfway (its client gone) cannot cancel it: sqlx 0.9.0 leaves a pooled
                 // connection inside a transaction when `begin` is cancelled at the wrong
@@ -485,7 +509,9 @@ impl Store {
         let generation = cache.map(|c| c.generation());
         let (t, i) = (rtype.to_owned(), id.to_owned());
         let found = self
-            .read(move |c| Box::pin(async move { c.current(&t, &i, false).await }))
+            .read_on(true, move |c| {
+                Box::pin(async move { c.current(&t, &i, false).await })
+            })
             .await?;
         if let (Some(c), Some(g), Some(s)) = (cache, generation, &found) {
             c.offer(g, s);
@@ -501,8 +527,10 @@ impl Store {
         version: i64,
     ) -> Result<Option<Stored>, StoreError> {
         let (rtype, id) = (rtype.to_owned(), id.to_owned());
-        self.read(move |c| Box::pin(async move { c.version(&rtype, &id, version).await }))
-            .await
+        self.read_on(true, move |c| {
+            Box::pin(async move { c.version(&rtype, &id, version).await })
+        })
+        .await
     }
 }
 
@@ -973,6 +1001,70 @@ fn index_table(row: &IndexRow) -> (usize, &'static str, usize) {
         ),
         IndexRow::Uri { .. } => (5, "INSERT INTO idx_uri (rid, param, value) VALUES ", 3),
     }
+}
+
+/// Index rows up to which a new resource goes to PostgreSQL as one statement (its bound
+/// values stay far under the protocol's 65,535).
+const PG_ONE_STATEMENT_ROWS: usize = 2000;
+
+/// A new resource on PostgreSQL as one statement: its `resources` row, its first version and
+/// its index rows, each table's taken from a `VALUES` list joined to the new `rid`. Each
+/// statement is a round trip: a Task's create made five between `BEGIN` and `COMMIT`
+/// (BENCHMARKS.md, "A new resource in one statement on PostgreSQL"). It returns no row when
+/// the name is taken (and writes nothing).
+fn new_resource_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> query::Sql {
+    use std::fmt::Write as _;
+    let mut sql = query::Sql::default();
+    sql.push(
+        "WITH r AS (INSERT INTO resources (rtype, id, version, last_updated, deleted) VALUES (",
+    );
+    sql.bind(Arg::Text(v.rtype.to_owned()));
+    sql.push(", ");
+    sql.bind(Arg::Text(v.id.to_owned()));
+    sql.push(", ");
+    sql.bind(Arg::Int(v.version));
+    sql.push(", ");
+    sql.bind(Arg::Int(now));
+    sql.push(
+        ", FALSE) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid), \
+         v AS (INSERT INTO versions (rid, version, last_updated, method, body) SELECT rid, ",
+    );
+    sql.bind(Arg::Int(v.version));
+    sql.push(", ");
+    sql.bind(Arg::Int(now));
+    sql.push(", ");
+    sql.bind(Arg::Text(v.method.to_owned()));
+    sql.push(", ");
+    sql.bind(Arg::Text(body.to_owned()));
+    sql.push(" FROM r)");
+    let mut by_table: [Vec<&IndexRow>; 6] = Default::default();
+    for row in v.index {
+        by_table[index_table(row).0].push(row);
+    }
+    for (slot, rows) in by_table.iter().enumerate() {
+        let Some(first) = rows.first() else {
+            continue;
+        };
+        let (_, head, _) = index_table(first);
+        let _ = write!(
+            sql.text,
+            ", i{slot} AS ({}SELECT r.rid, x.* FROM r, (VALUES ",
+            head.trim_end_matches("VALUES ")
+        );
+        for (i, row) in rows.iter().enumerate() {
+            sql.push(if i == 0 { "(" } else { ", (" });
+            for (j, arg) in index_args(row).into_iter().enumerate() {
+                if j > 0 {
+                    sql.push(", ");
+                }
+                sql.bind(arg);
+            }
+            sql.push(")");
+        }
+        sql.push(") AS x)");
+    }
+    sql.push(" SELECT rid FROM r");
+    sql
 }
 
 /// An index row's values after its `rid`, in the order of its table's INSERT head.
@@ -1594,6 +1686,19 @@ impl<'c> Tx<'c> {
             b.flush(c, None).await?;
             b.direct(c).await?;
         }
+        if let (Conn::Pg(c), None, Some(body)) = (&mut self.conn, v.previous, v.body)
+            && v.index.len() < PG_ONE_STATEMENT_ROWS
+        {
+            let sql = new_resource_pg(&v, body, now);
+            let rid: Option<i64> = bind_args!(
+                sqlx::query_scalar(AssertSqlSafe(sql.text.as_str())),
+                &sql.args
+            )
+            .fetch_optional(&mut **c)
+            .await?;
+            let rid = rid.ok_or_else(conflict)?;
+            return Ok(self.kept(rid, &v, now));
+        }
         let rid = match v.previous {
             None => {
                 let sql = "INSERT INTO resources (rtype, id, version, last_updated, deleted) \
@@ -1737,6 +1842,17 @@ impl<'c> Tx<'c> {
 mod tests {
     use super::*;
 
+    async fn open_at(url: &str) -> Store {
+        let options = StoreOptions {
+            pool_size: 2,
+            sqlite_durable: true,
+            sqlite_mmap_bytes: 0,
+        };
+        Store::open(url, &options, Arc::new(crate::time::SystemClock))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn the_sqlite_writer_checkpoints_every_10000_pages() {
         let dir = std::env::temp_dir().join(format!(
@@ -1746,14 +1862,7 @@ mod tests {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!("sqlite://{}", dir.join("db.sqlite").display());
-        let options = StoreOptions {
-            pool_size: 1,
-            sqlite_durable: true,
-            sqlite_mmap_bytes: 0,
-        };
-        let store = Store::open(&url, &options, Arc::new(crate::time::SystemClock))
-            .await
-            .unwrap();
+        let store = open_at(&url).await;
         let pages: i64 = store
             .write(|tx| {
                 Box::pin(async move {
@@ -1771,6 +1880,55 @@ mod tests {
         assert_eq!(pages, i64::from(WAL_AUTOCHECKPOINT_PAGES));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// On PostgreSQL a read by key runs on a connection that keeps its plan (the default plan
+    /// cache), any other read on one that plans each execution with its values.
+    #[tokio::test]
+    async fn postgres_plans_reads_by_key_once_and_searches_at_each_execution() {
+        use sqlx::Connection;
+        let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
+            eprintln!("TEST_DATABASE_URL is not set: the PostgreSQL unit test was skipped");
+            return;
+        };
+        // a schema of its own, left by a failed run at worst until the next
+        let schema = "unit_test_plans";
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let scoped = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+        let store = open_at(&scoped).await;
+        let Backend::Postgres { lookups, .. } = &store.inner.backend else {
+            unreachable!("a PostgreSQL store")
+        };
+        assert_eq!(lookups.size(), 0, "opened when first needed");
+        assert!(store.current("Task", "absent").await.unwrap().is_none());
+        assert!(store.version("Task", "absent", 1).await.unwrap().is_none());
+        assert!(lookups.size() > 0, "reads by key take the lookups pool");
+        let mode = |lookup: bool| {
+            store.read_on(lookup, |c| {
+                Box::pin(async move {
+                    let Conn::Pg(c) = c else {
+                        unreachable!("a PostgreSQL store")
+                    };
+                    Ok(sqlx::query_scalar::<_, String>("SHOW plan_cache_mode")
+                        .fetch_one(&mut **c)
+                        .await?)
+                })
+            })
+        };
+        assert_eq!(mode(true).await.unwrap(), "auto");
+        assert_eq!(mode(false).await.unwrap(), "force_custom_plan");
+        drop(store);
+        sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
     }
 
     #[test]
