@@ -5,8 +5,8 @@ mod common;
 use std::sync::Arc;
 
 use passerelle::store::{
-    Arg, Check, Cmp, Filter, IndexRow, NewVersion, Query, Store, StoreError, StoreOptions, Table,
-    Tx,
+    Arg, Check, Cmp, Filter, IndexRow, NewVersion, Query, Store, StoreError, StoreOptions, Stored,
+    Table, Tx,
 };
 use passerelle::time::SystemClock;
 
@@ -318,6 +318,87 @@ async fn a_new_resource_is_found_by_each_kind_of_row_sqlite() {
 #[tokio::test]
 async fn a_new_resource_is_found_by_each_kind_of_row_postgres() {
     a_new_resource_is_found_by_each_kind_of_row(common::Engine::Postgres).await;
+}
+
+/// An update replaces the resource's index rows, and only from the version it read: a
+/// stale one fails and changes nothing (on PostgreSQL both go in one statement).
+async fn an_update_replaces_the_index_rows_of_the_version_it_read(engine: common::Engine) {
+    let Some((store, _guard)) = open(engine).await else {
+        return;
+    };
+    store
+        .write(|tx| Box::pin(async move { keep_patient(tx, "p").await }))
+        .await
+        .expect("create");
+    let first = store
+        .current("Patient", "p")
+        .await
+        .expect("read")
+        .expect("stored");
+    let update = |previous: Stored, code: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |tx| {
+                    Box::pin(async move {
+                        let index = [IndexRow::Token {
+                            param: "Patient.identifier".into(),
+                            system: "urn:test".into(),
+                            code: code.into(),
+                        }];
+                        tx.put(NewVersion {
+                            rtype: "Patient",
+                            id: "p",
+                            previous: Some(&previous),
+                            version: previous.version + 1,
+                            method: "PUT",
+                            body: Some(r#"{"resourceType":"Patient","id":"p"}"#),
+                            index: &index,
+                        })
+                        .await
+                        .map(|_| ())
+                    })
+                })
+                .await
+        }
+    };
+    update(first.clone(), "p-2").await.expect("update");
+    let stale = update(first, "p-3").await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let count = |code: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut q = Query::new("Patient");
+            q.filters.push(Filter::Has {
+                table: Table::Token,
+                param: "Patient.identifier".into(),
+                checks: vec![Check::text("code", Cmp::Eq, code)],
+            });
+            store
+                .read(|c| Box::pin(async move { c.count(&q).await }))
+                .await
+                .expect("count")
+        }
+    };
+    assert_eq!(
+        (count("p").await, count("p-2").await, count("p-3").await),
+        (0, 1, 0)
+    );
+    let now = store.current("Patient", "p").await.expect("read");
+    assert_eq!(now.map(|s| s.version), Some(2));
+}
+
+#[tokio::test]
+async fn an_update_replaces_the_index_rows_of_the_version_it_read_sqlite() {
+    an_update_replaces_the_index_rows_of_the_version_it_read(common::Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_update_replaces_the_index_rows_of_the_version_it_read_postgres() {
+    an_update_replaces_the_index_rows_of_the_version_it_read(common::Engine::Postgres).await;
 }
 
 /// Keeps a new Patient `id` with one identifier row, without looking the id up first.

@@ -1003,31 +1003,65 @@ fn index_table(row: &IndexRow) -> (usize, &'static str, usize) {
     }
 }
 
-/// Index rows up to which a new resource goes to PostgreSQL as one statement (its bound
-/// values stay far under the protocol's 65,535).
+/// The index tables, in the order of `index_table`'s slots.
+const INDEX_TABLES: [&str; 6] = [
+    "idx_string",
+    "idx_token",
+    "idx_reference",
+    "idx_date",
+    "idx_number",
+    "idx_uri",
+];
+
+/// Index rows up to which a version goes to PostgreSQL as one statement (its bound values
+/// stay far under the protocol's 65,535).
 const PG_ONE_STATEMENT_ROWS: usize = 2000;
 
-/// A new resource on PostgreSQL as one statement: its `resources` row, its first version and
-/// its index rows, each table's taken from a `VALUES` list joined to the new `rid`. Each
-/// statement is a round trip: a Task's create made five between `BEGIN` and `COMMIT`
-/// (BENCHMARKS.md, "A new resource in one statement on PostgreSQL"). It returns no row when
-/// the name is taken (and writes nothing).
-fn new_resource_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> query::Sql {
+/// A version (not a deletion) on PostgreSQL as one statement: the `resources` row inserted
+/// (a new resource) or moved on (an update, only from the version it replaces), the version,
+/// the old index rows deleted and the new ones inserted, each table's from a `VALUES` list
+/// joined to the `rid`. Each statement is a round trip: a Task's create made five between
+/// `BEGIN` and `COMMIT`, an update eleven (BENCHMARKS.md, "A new resource in one statement on
+/// PostgreSQL"). The sub-statements see the same snapshot, so the deletions take the old rows
+/// only. It returns no row, and writes nothing, when the name is taken or the version is no
+/// longer current.
+fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> query::Sql {
     use std::fmt::Write as _;
     let mut sql = query::Sql::default();
+    match v.previous {
+        None => {
+            sql.push(
+                "WITH r AS (INSERT INTO resources (rtype, id, version, last_updated, deleted) VALUES (",
+            );
+            sql.bind(Arg::Text(v.rtype.to_owned()));
+            sql.push(", ");
+            sql.bind(Arg::Text(v.id.to_owned()));
+            sql.push(", ");
+            sql.bind(Arg::Int(v.version));
+            sql.push(", ");
+            sql.bind(Arg::Int(now));
+            sql.push(", FALSE) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid)");
+        }
+        Some(prev) => {
+            sql.push("WITH r AS (UPDATE resources SET version = ");
+            sql.bind(Arg::Int(v.version));
+            sql.push(", last_updated = ");
+            sql.bind(Arg::Int(now));
+            sql.push(", deleted = FALSE WHERE rid = ");
+            sql.bind(Arg::Int(prev.rid));
+            sql.push(" AND version = ");
+            sql.bind(Arg::Int(prev.version));
+            sql.push(" RETURNING rid)");
+            for (slot, table) in INDEX_TABLES.iter().enumerate() {
+                let _ = write!(
+                    sql.text,
+                    ", d{slot} AS (DELETE FROM {table} WHERE rid IN (SELECT rid FROM r))"
+                );
+            }
+        }
+    }
     sql.push(
-        "WITH r AS (INSERT INTO resources (rtype, id, version, last_updated, deleted) VALUES (",
-    );
-    sql.bind(Arg::Text(v.rtype.to_owned()));
-    sql.push(", ");
-    sql.bind(Arg::Text(v.id.to_owned()));
-    sql.push(", ");
-    sql.bind(Arg::Int(v.version));
-    sql.push(", ");
-    sql.bind(Arg::Int(now));
-    sql.push(
-        ", FALSE) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid), \
-         v AS (INSERT INTO versions (rid, version, last_updated, method, body) SELECT rid, ",
+        ", v AS (INSERT INTO versions (rid, version, last_updated, method, body) SELECT rid, ",
     );
     sql.bind(Arg::Int(v.version));
     sql.push(", ");
@@ -1686,16 +1720,20 @@ impl<'c> Tx<'c> {
             b.flush(c, None).await?;
             b.direct(c).await?;
         }
-        if let (Conn::Pg(c), None, Some(body)) = (&mut self.conn, v.previous, v.body)
+        if let (Conn::Pg(c), Some(body)) = (&mut self.conn, v.body)
             && v.index.len() < PG_ONE_STATEMENT_ROWS
         {
-            let sql = new_resource_pg(&v, body, now);
+            let sql = version_pg(&v, body, now);
             let rid: Option<i64> = bind_args!(
                 sqlx::query_scalar(AssertSqlSafe(sql.text.as_str())),
                 &sql.args
             )
             .fetch_optional(&mut **c)
-            .await?;
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
+                _ => StoreError::from(e),
+            })?;
             let rid = rid.ok_or_else(conflict)?;
             return Ok(self.kept(rid, &v, now));
         }
@@ -1775,14 +1813,7 @@ impl<'c> Tx<'c> {
     }
 
     async fn clear_index(&mut self, rid: i64) -> Result<(), StoreError> {
-        for table in [
-            "idx_string",
-            "idx_token",
-            "idx_reference",
-            "idx_date",
-            "idx_number",
-            "idx_uri",
-        ] {
+        for table in INDEX_TABLES {
             // planned once (`query::Sql::bind_fixed`)
             let sql = format!("DELETE FROM {table} WHERE rid = CAST($1 AS BIGINT)");
             on_conn!(&mut self.conn, |c| {
