@@ -1013,64 +1013,75 @@ const INDEX_TABLES: [&str; 6] = [
     "idx_uri",
 ];
 
-/// Index rows up to which a version goes to PostgreSQL as one statement (its bound values
-/// stay far under the protocol's 65,535).
+/// Index rows up to which a version goes to PostgreSQL as one statement.
 const PG_ONE_STATEMENT_ROWS: usize = 2000;
+
+/// A value bound to [`version_pg`]'s statement: one value, or one column of a table's index
+/// rows as an array.
+enum PgArg {
+    One(Arg),
+    Texts(Vec<String>),
+    Ints(Vec<i64>),
+    Reals(Vec<f64>),
+}
 
 /// A version (not a deletion) on PostgreSQL as one statement: the `resources` row inserted
 /// (a new resource) or moved on (an update, only from the version it replaces), the version,
-/// the old index rows deleted and the new ones inserted, each table's from a `VALUES` list
-/// joined to the `rid`. Each statement is a round trip: a Task's create made five between
-/// `BEGIN` and `COMMIT`, an update eleven (BENCHMARKS.md, "A new resource in one statement on
+/// the old index rows deleted and the new ones inserted, each table's from its columns bound
+/// as arrays (`UNNEST`), so that the text depends only on which tables get rows and stays
+/// prepared. Each statement is a round trip: a Task's create made five between `BEGIN` and
+/// `COMMIT`, an update eleven (BENCHMARKS.md, "A new resource in one statement on
 /// PostgreSQL"). The sub-statements see the same snapshot, so the deletions take the old rows
 /// only. It returns no row, and writes nothing, when the name is taken or the version is no
 /// longer current.
-fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> query::Sql {
+fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> (String, Vec<PgArg>) {
     use std::fmt::Write as _;
-    let mut sql = query::Sql::default();
+    let mut text = String::new();
+    let mut args: Vec<PgArg> = Vec::new();
+    /// The next placeholder, its value kept.
+    fn bind(args: &mut Vec<PgArg>, a: PgArg) -> String {
+        args.push(a);
+        format!("${}", args.len())
+    }
     match v.previous {
         None => {
-            sql.push(
-                "WITH r AS (INSERT INTO resources (rtype, id, version, last_updated, deleted) VALUES (",
+            let _ = write!(
+                text,
+                "WITH r AS (INSERT INTO resources (rtype, id, version, last_updated, deleted) \
+                 VALUES ({}, {}, {}, {}, FALSE) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid)",
+                bind(&mut args, PgArg::One(Arg::Text(v.rtype.to_owned()))),
+                bind(&mut args, PgArg::One(Arg::Text(v.id.to_owned()))),
+                bind(&mut args, PgArg::One(Arg::Int(v.version))),
+                bind(&mut args, PgArg::One(Arg::Int(now))),
             );
-            sql.bind(Arg::Text(v.rtype.to_owned()));
-            sql.push(", ");
-            sql.bind(Arg::Text(v.id.to_owned()));
-            sql.push(", ");
-            sql.bind(Arg::Int(v.version));
-            sql.push(", ");
-            sql.bind(Arg::Int(now));
-            sql.push(", FALSE) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid)");
         }
         Some(prev) => {
-            sql.push("WITH r AS (UPDATE resources SET version = ");
-            sql.bind(Arg::Int(v.version));
-            sql.push(", last_updated = ");
-            sql.bind(Arg::Int(now));
-            sql.push(", deleted = FALSE WHERE rid = ");
-            sql.bind(Arg::Int(prev.rid));
-            sql.push(" AND version = ");
-            sql.bind(Arg::Int(prev.version));
-            sql.push(" RETURNING rid)");
+            let _ = write!(
+                text,
+                "WITH r AS (UPDATE resources SET version = {}, last_updated = {}, deleted = FALSE \
+                 WHERE rid = {} AND version = {} RETURNING rid)",
+                bind(&mut args, PgArg::One(Arg::Int(v.version))),
+                bind(&mut args, PgArg::One(Arg::Int(now))),
+                bind(&mut args, PgArg::One(Arg::Int(prev.rid))),
+                bind(&mut args, PgArg::One(Arg::Int(prev.version))),
+            );
             for (slot, table) in INDEX_TABLES.iter().enumerate() {
                 let _ = write!(
-                    sql.text,
+                    text,
                     ", d{slot} AS (DELETE FROM {table} WHERE rid IN (SELECT rid FROM r))"
                 );
             }
         }
     }
-    sql.push(
-        ", v AS (INSERT INTO versions (rid, version, last_updated, method, body) SELECT rid, ",
+    let _ = write!(
+        text,
+        ", v AS (INSERT INTO versions (rid, version, last_updated, method, body) \
+         SELECT rid, {}, {}, {}, {} FROM r)",
+        bind(&mut args, PgArg::One(Arg::Int(v.version))),
+        bind(&mut args, PgArg::One(Arg::Int(now))),
+        bind(&mut args, PgArg::One(Arg::Text(v.method.to_owned()))),
+        bind(&mut args, PgArg::One(Arg::Text(body.to_owned()))),
     );
-    sql.bind(Arg::Int(v.version));
-    sql.push(", ");
-    sql.bind(Arg::Int(now));
-    sql.push(", ");
-    sql.bind(Arg::Text(v.method.to_owned()));
-    sql.push(", ");
-    sql.bind(Arg::Text(body.to_owned()));
-    sql.push(" FROM r)");
     let mut by_table: [Vec<&IndexRow>; 6] = Default::default();
     for row in v.index {
         by_table[index_table(row).0].push(row);
@@ -1079,26 +1090,48 @@ fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> query::Sql {
         let Some(first) = rows.first() else {
             continue;
         };
+        // one array per column, typed as the first row's values (a table's are all alike)
+        let mut columns: Vec<PgArg> = index_args(first)
+            .iter()
+            .map(|a| match a {
+                Arg::Text(_) => PgArg::Texts(Vec::with_capacity(rows.len())),
+                Arg::Int(_) => PgArg::Ints(Vec::with_capacity(rows.len())),
+                Arg::Real(_) => PgArg::Reals(Vec::with_capacity(rows.len())),
+            })
+            .collect();
+        for row in rows {
+            for (column, arg) in columns.iter_mut().zip(index_args(row)) {
+                match (column, arg) {
+                    (PgArg::Texts(c), Arg::Text(t)) => c.push(t),
+                    (PgArg::Ints(c), Arg::Int(n)) => c.push(n),
+                    (PgArg::Reals(c), Arg::Real(x)) => c.push(x),
+                    _ => {}
+                }
+            }
+        }
         let (_, head, _) = index_table(first);
         let _ = write!(
-            sql.text,
-            ", i{slot} AS ({}SELECT r.rid, x.* FROM r, (VALUES ",
+            text,
+            ", i{slot} AS ({}SELECT r.rid, x.* FROM r, UNNEST(",
             head.trim_end_matches("VALUES ")
         );
-        for (i, row) in rows.iter().enumerate() {
-            sql.push(if i == 0 { "(" } else { ", (" });
-            for (j, arg) in index_args(row).into_iter().enumerate() {
-                if j > 0 {
-                    sql.push(", ");
-                }
-                sql.bind(arg);
-            }
-            sql.push(")");
+        for (j, column) in columns.into_iter().enumerate() {
+            let ty = match column {
+                PgArg::Ints(_) => "BIGINT[]",
+                PgArg::Reals(_) => "DOUBLE PRECISION[]",
+                _ => "TEXT[]",
+            };
+            let placeholder = bind(&mut args, column);
+            let _ = write!(
+                text,
+                "{}CAST({placeholder} AS {ty})",
+                if j > 0 { ", " } else { "" }
+            );
         }
-        sql.push(") AS x)");
+        text.push_str(") AS x)");
     }
-    sql.push(" SELECT rid FROM r");
-    sql
+    text.push_str(" SELECT rid FROM r");
+    (text, args)
 }
 
 /// An index row's values after its `rid`, in the order of its table's INSERT head.
@@ -1723,14 +1756,19 @@ impl<'c> Tx<'c> {
         if let (Conn::Pg(c), Some(body)) = (&mut self.conn, v.body)
             && v.index.len() < PG_ONE_STATEMENT_ROWS
         {
-            let sql = version_pg(&v, body, now);
-            let rid: Option<i64> = bind_args!(
-                sqlx::query_scalar(AssertSqlSafe(sql.text.as_str())),
-                &sql.args
-            )
-            .fetch_optional(&mut **c)
-            .await
-            .map_err(|e| match &e {
+            let (text, args) = version_pg(&v, body, now);
+            let mut q = sqlx::query_scalar(AssertSqlSafe(text));
+            for a in args {
+                q = match a {
+                    PgArg::One(Arg::Text(t)) => q.bind(t),
+                    PgArg::One(Arg::Int(n)) => q.bind(n),
+                    PgArg::One(Arg::Real(x)) => q.bind(x),
+                    PgArg::Texts(c) => q.bind(c),
+                    PgArg::Ints(c) => q.bind(c),
+                    PgArg::Reals(c) => q.bind(c),
+                };
+            }
+            let rid: Option<i64> = q.fetch_optional(&mut **c).await.map_err(|e| match &e {
                 sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
                 _ => StoreError::from(e),
             })?;
