@@ -10,6 +10,23 @@ use passerelle::store::{
 };
 use passerelle::time::SystemClock;
 
+/// One test per engine (`NAME::sqlite`, `NAME::postgres`) of the async fn `NAME(engine)`.
+macro_rules! on_engines {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$scenario(crate::common::Engine::Sqlite).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$scenario(crate::common::Engine::Postgres).await;
+            }
+        }
+    };
+}
+
 /// A store on a fresh database of `engine` (None: PostgreSQL not configured), with what keeps
 /// that database alive.
 async fn open(engine: common::Engine) -> Option<(Store, impl Sized)> {
@@ -128,15 +145,7 @@ async fn jobs_of_one_batch_keep_or_lose_their_own_writes(engine: common::Engine)
     assert_eq!(next.expect("next write"), 5);
 }
 
-#[tokio::test]
-async fn jobs_of_one_batch_keep_or_lose_their_own_writes_sqlite() {
-    jobs_of_one_batch_keep_or_lose_their_own_writes(common::Engine::Sqlite).await;
-}
-
-#[tokio::test]
-async fn jobs_of_one_batch_keep_or_lose_their_own_writes_postgres() {
-    jobs_of_one_batch_keep_or_lose_their_own_writes(common::Engine::Postgres).await;
-}
+on_engines!(jobs_of_one_batch_keep_or_lose_their_own_writes);
 
 /// A job's new resources whose rows cannot be written (here one claims the name of a resource
 /// already stored, without having read it) fail the job, and nothing of it stays: not the
@@ -310,15 +319,7 @@ async fn a_new_resource_is_found_by_each_kind_of_row(engine: common::Engine) {
     assert_eq!(stored.and_then(|s| s.body).as_deref(), Some(body));
 }
 
-#[tokio::test]
-async fn a_new_resource_is_found_by_each_kind_of_row_sqlite() {
-    a_new_resource_is_found_by_each_kind_of_row(common::Engine::Sqlite).await;
-}
-
-#[tokio::test]
-async fn a_new_resource_is_found_by_each_kind_of_row_postgres() {
-    a_new_resource_is_found_by_each_kind_of_row(common::Engine::Postgres).await;
-}
+on_engines!(a_new_resource_is_found_by_each_kind_of_row);
 
 /// An update replaces the resource's index rows, and only from the version it read: a
 /// stale one fails and changes nothing (on PostgreSQL both go in one statement).
@@ -391,15 +392,7 @@ async fn an_update_replaces_the_index_rows_of_the_version_it_read(engine: common
     assert_eq!(now.map(|s| s.version), Some(2));
 }
 
-#[tokio::test]
-async fn an_update_replaces_the_index_rows_of_the_version_it_read_sqlite() {
-    an_update_replaces_the_index_rows_of_the_version_it_read(common::Engine::Sqlite).await;
-}
-
-#[tokio::test]
-async fn an_update_replaces_the_index_rows_of_the_version_it_read_postgres() {
-    an_update_replaces_the_index_rows_of_the_version_it_read(common::Engine::Postgres).await;
-}
+on_engines!(an_update_replaces_the_index_rows_of_the_version_it_read);
 
 /// Keeps a new Patient `id` with one identifier row, without looking the id up first.
 async fn keep_patient(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
@@ -422,15 +415,7 @@ async fn keep_patient(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-#[tokio::test]
-async fn rows_that_cannot_be_written_leave_nothing_sqlite() {
-    rows_that_cannot_be_written_leave_nothing(common::Engine::Sqlite).await;
-}
-
-#[tokio::test]
-async fn rows_that_cannot_be_written_leave_nothing_postgres() {
-    rows_that_cannot_be_written_leave_nothing(common::Engine::Postgres).await;
-}
+on_engines!(rows_that_cannot_be_written_leave_nothing);
 
 /// On PostgreSQL the planner has statistics on the search index tables' columns taken together
 /// (migration 8): estimating them as independent, it expected 8 of an owner's 206 Tasks and

@@ -60,9 +60,10 @@ pub enum LogColumn {
 pub type Columns = fn(&str) -> Option<LogColumn>;
 
 const COLUMNS: usize = 14;
-const INSERT_HEAD: &str = "INSERT INTO audit_events (recorded, agent_type, agent_id, \
-    patient_type, patient_id, entity_type, entity_id, type_system, type_code, subtype_system, \
-    subtype_code, action, outcome, body) VALUES ";
+/// What an INSERT names.
+const TARGET: &str = "audit_events (recorded, agent_type, agent_id, patient_type, \
+    patient_id, entity_type, entity_id, type_system, type_code, subtype_system, subtype_code, \
+    action, outcome, body)";
 
 /// Writes rows now, as multi-row INSERTs.
 pub(super) async fn insert(conn: &mut Conn<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
@@ -73,8 +74,9 @@ pub(super) async fn insert(conn: &mut Conn<'_>, rows: &[AuditRow]) -> Result<(),
             s.run(c).await
         }
         Conn::Pg(c) => {
+            let head = format!("INSERT INTO {TARGET} VALUES ");
             for chunk in super::chunks(rows) {
-                let sql = super::values_sql(INSERT_HEAD, COLUMNS, chunk.len(), false);
+                let sql = super::values_sql(&head, COLUMNS, chunk.len(), false);
                 let mut args = PgArguments::default();
                 for r in chunk {
                     add_row(&mut args, r)
@@ -91,10 +93,10 @@ pub(super) async fn insert(conn: &mut Conn<'_>, rows: &[AuditRow]) -> Result<(),
 
 /// Adds the INSERTs of `rows` to a SQLite script.
 pub(super) fn script(script: &mut Script, rows: &[AuditRow]) -> Result<(), StoreError> {
-    script.insert(INSERT_HEAD, COLUMNS, rows, add_row)
+    script.insert(TARGET, COLUMNS, rows, add_row)
 }
 
-/// The `COLUMNS` values of one row, in `INSERT_HEAD`'s order.
+/// The `COLUMNS` values of one row, in `TARGET`'s order.
 fn add_row<A>(a: &mut A, r: &AuditRow) -> Result<(), BoxDynError>
 where
     A: Arguments,

@@ -790,7 +790,7 @@ impl Rows {
     /// Adds the rows to `script` as multi-row INSERTs.
     fn script(&self, script: &mut Script) -> Result<(), StoreError> {
         script.insert(
-            "INSERT INTO resources (rid, rtype, id, version, last_updated, deleted) VALUES ",
+            "resources (rid, rtype, id, version, last_updated, deleted)",
             6,
             &self.resources,
             |a, r| {
@@ -803,7 +803,7 @@ impl Rows {
             },
         )?;
         script.insert(
-            "INSERT INTO versions (rid, version, last_updated, method, body) VALUES ",
+            "versions (rid, version, last_updated, method, body)",
             5,
             &self.resources,
             |a, r| {
@@ -816,14 +816,13 @@ impl Rows {
         )?;
         let mut by_table: [Vec<(i64, &IndexRow)>; 6] = Default::default();
         for (rid, row) in &self.index {
-            by_table[index_table(row).0].push((*rid, row));
+            by_table[index_slot(row)].push((*rid, row));
         }
-        for rows in &by_table {
-            let Some((_, first)) = rows.first() else {
+        for (table, rows) in INDEX_TABLES.iter().zip(&by_table) {
+            if rows.is_empty() {
                 continue;
-            };
-            let (_, head, columns) = index_table(first);
-            script.insert(head, columns, rows, |a, (rid, row)| {
+            }
+            script.insert(&table.target(), table.count, rows, |a, (rid, row)| {
                 a.add(*rid)?;
                 for arg in index_args(row) {
                     match arg {
@@ -896,7 +895,7 @@ impl Script {
         }
     }
 
-    /// `head` (`INSERT INTO t (…) VALUES `) for `rows` in runs of fixed sizes, each row's
+    /// INSERTs into `target` (`t (c1, c2, …)`) of `rows` in runs of fixed sizes, each row's
     /// `columns` values added by `add`, in order, to SQLite's anonymous `?` placeholders.
     ///
     /// Written `INSERT OR FAIL`: a multi-row INSERT that may abort makes SQLite copy every
@@ -906,18 +905,15 @@ impl Script {
     /// batch (`Batch::broken`), which then rolls back.
     fn insert<T>(
         &mut self,
-        head: &str,
+        target: &str,
         columns: usize,
         rows: &[T],
         mut add: impl FnMut(&mut SqliteArguments, &T) -> Result<(), sqlx::error::BoxDynError>,
     ) -> Result<(), StoreError> {
-        let table = head.strip_prefix("INSERT INTO ").ok_or_else(|| {
-            StoreError::Database(sqlx::Error::Protocol(format!("not an INSERT: {head}")))
-        })?;
+        let head = format!("INSERT OR FAIL INTO {target} VALUES ");
         for chunk in chunks(rows) {
             let (text, args) = self.next();
-            text.push_str("INSERT OR FAIL INTO ");
-            text.push_str(&values_sql(table, columns, chunk.len(), true));
+            text.push_str(&values_sql(&head, columns, chunk.len(), true));
             text.push_str(";\n");
             for r in chunk {
                 add(args, r).map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))?;
@@ -975,46 +971,66 @@ fn values_sql(head: &str, columns: usize, rows: usize, positional: bool) -> Stri
     sql
 }
 
-/// An index row's table (its slot among the six), INSERT head and column count (rid included).
-fn index_table(row: &IndexRow) -> (usize, &'static str, usize) {
-    match row {
-        IndexRow::String { .. } => (
-            0,
-            "INSERT INTO idx_string (rid, param, norm, exact) VALUES ",
-            4,
-        ),
-        IndexRow::Token { .. } => (
-            1,
-            "INSERT INTO idx_token (rid, param, system, code) VALUES ",
-            4,
-        ),
-        IndexRow::Reference { .. } => (
-            2,
-            "INSERT INTO idx_reference (rid, param, target_type, target_id) VALUES ",
-            4,
-        ),
-        IndexRow::Date { .. } => (3, "INSERT INTO idx_date (rid, param, lo, hi) VALUES ", 4),
-        IndexRow::Number { .. } => (
-            4,
-            "INSERT INTO idx_number (rid, param, lo, hi, system, code) VALUES ",
-            6,
-        ),
-        IndexRow::Uri { .. } => (5, "INSERT INTO idx_uri (rid, param, value) VALUES ", 3),
+/// A search index table: its name, its columns as an INSERT names them, and how many
+/// (`rid` included).
+struct IndexTable {
+    name: &'static str,
+    columns: &'static str,
+    count: usize,
+}
+
+impl IndexTable {
+    /// What an INSERT names: `t (c1, c2, …)`.
+    fn target(&self) -> String {
+        format!("{} {}", self.name, self.columns)
     }
 }
 
-/// The index tables, in the order of `index_table`'s slots.
-const INDEX_TABLES: [&str; 6] = [
-    "idx_string",
-    "idx_token",
-    "idx_reference",
-    "idx_date",
-    "idx_number",
-    "idx_uri",
+/// The index tables, in the order of [`index_slot`].
+const INDEX_TABLES: [IndexTable; 6] = [
+    IndexTable {
+        name: "idx_string",
+        columns: "(rid, param, norm, exact)",
+        count: 4,
+    },
+    IndexTable {
+        name: "idx_token",
+        columns: "(rid, param, system, code)",
+        count: 4,
+    },
+    IndexTable {
+        name: "idx_reference",
+        columns: "(rid, param, target_type, target_id)",
+        count: 4,
+    },
+    IndexTable {
+        name: "idx_date",
+        columns: "(rid, param, lo, hi)",
+        count: 4,
+    },
+    IndexTable {
+        name: "idx_number",
+        columns: "(rid, param, lo, hi, system, code)",
+        count: 6,
+    },
+    IndexTable {
+        name: "idx_uri",
+        columns: "(rid, param, value)",
+        count: 3,
+    },
 ];
 
-/// Index rows up to which a version goes to PostgreSQL as one statement.
-const PG_ONE_STATEMENT_ROWS: usize = 2000;
+/// An index row's table, as its place in [`INDEX_TABLES`].
+fn index_slot(row: &IndexRow) -> usize {
+    match row {
+        IndexRow::String { .. } => 0,
+        IndexRow::Token { .. } => 1,
+        IndexRow::Reference { .. } => 2,
+        IndexRow::Date { .. } => 3,
+        IndexRow::Number { .. } => 4,
+        IndexRow::Uri { .. } => 5,
+    }
+}
 
 /// A value bound to [`version_pg`]'s statement: one value, or one column of a table's index
 /// rows as an array.
@@ -1068,7 +1084,8 @@ fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> (String, Vec<PgArg
             for (slot, table) in INDEX_TABLES.iter().enumerate() {
                 let _ = write!(
                     text,
-                    ", d{slot} AS (DELETE FROM {table} WHERE rid IN (SELECT rid FROM r))"
+                    ", d{slot} AS (DELETE FROM {} WHERE rid IN (SELECT rid FROM r))",
+                    table.name
                 );
             }
         }
@@ -1084,7 +1101,7 @@ fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> (String, Vec<PgArg
     );
     let mut by_table: [Vec<&IndexRow>; 6] = Default::default();
     for row in v.index {
-        by_table[index_table(row).0].push(row);
+        by_table[index_slot(row)].push(row);
     }
     for (slot, rows) in by_table.iter().enumerate() {
         let Some(first) = rows.first() else {
@@ -1109,11 +1126,10 @@ fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> (String, Vec<PgArg
                 }
             }
         }
-        let (_, head, _) = index_table(first);
         let _ = write!(
             text,
-            ", i{slot} AS ({}SELECT r.rid, x.* FROM r, UNNEST(",
-            head.trim_end_matches("VALUES ")
+            ", i{slot} AS (INSERT INTO {} SELECT r.rid, x.* FROM r, UNNEST(",
+            INDEX_TABLES[slot].target()
         );
         for (j, column) in columns.into_iter().enumerate() {
             let ty = match column {
@@ -1753,9 +1769,12 @@ impl<'c> Tx<'c> {
             b.flush(c, None).await?;
             b.direct(c).await?;
         }
-        if let (Conn::Pg(c), Some(body)) = (&mut self.conn, v.body)
-            && v.index.len() < PG_ONE_STATEMENT_ROWS
-        {
+        // a version that takes a stored (name, version): someone else wrote it first
+        let unique_is_conflict = |e: sqlx::Error| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
+            _ => StoreError::from(e),
+        };
+        if let (Conn::Pg(c), Some(body)) = (&mut self.conn, v.body) {
             let (text, args) = version_pg(&v, body, now);
             let mut q = sqlx::query_scalar(AssertSqlSafe(text));
             for a in args {
@@ -1768,10 +1787,10 @@ impl<'c> Tx<'c> {
                     PgArg::Reals(c) => q.bind(c),
                 };
             }
-            let rid: Option<i64> = q.fetch_optional(&mut **c).await.map_err(|e| match &e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
-                _ => StoreError::from(e),
-            })?;
+            let rid: Option<i64> = q
+                .fetch_optional(&mut **c)
+                .await
+                .map_err(unique_is_conflict)?;
             let rid = rid.ok_or_else(conflict)?;
             return Ok(self.kept(rid, &v, now));
         }
@@ -1821,10 +1840,7 @@ impl<'c> Tx<'c> {
                 .bind(v.body)
                 .execute(&mut **c)
                 .await
-                .map_err(|e| match &e {
-                    sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
-                    _ => StoreError::from(e),
-                })?;
+                .map_err(unique_is_conflict)?;
         });
         if v.previous.is_some() {
             self.clear_index(rid).await?;
@@ -1851,9 +1867,9 @@ impl<'c> Tx<'c> {
     }
 
     async fn clear_index(&mut self, rid: i64) -> Result<(), StoreError> {
-        for table in INDEX_TABLES {
+        for table in &INDEX_TABLES {
             // planned once (`query::Sql::bind_fixed`)
-            let sql = format!("DELETE FROM {table} WHERE rid = CAST($1 AS BIGINT)");
+            let sql = format!("DELETE FROM {} WHERE rid = CAST($1 AS BIGINT)", table.name);
             on_conn!(&mut self.conn, |c| {
                 sqlx::query(AssertSqlSafe(sql.as_str()))
                     .bind(rid)
@@ -1868,10 +1884,13 @@ impl<'c> Tx<'c> {
         // One multi-row INSERT per table keeps round trips low on PostgreSQL.
         let mut by_table: [(query::Sql, usize); 6] = Default::default();
         for row in rows {
-            let (slot, head, _) = index_table(row);
+            let slot = index_slot(row);
             let (sql, n) = &mut by_table[slot];
             if *n == 0 {
-                sql.push(head);
+                sql.push(&format!(
+                    "INSERT INTO {} VALUES ",
+                    INDEX_TABLES[slot].target()
+                ));
             } else {
                 sql.push(", ");
             }
