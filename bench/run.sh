@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Passerelle benchmark: builds the server in release, measures create / read / search /
-# transaction at concurrency 1 and 16 on SQLite and PostgreSQL, next to floors measured in the
+# transaction / update at concurrency 1 and 16 on SQLite and PostgreSQL, next to floors measured in the
 # same run (an axum handler serving the Task from memory; the raw durable commit rate of each
 # database) and, when it has been built (bench/build-helios.sh), the Helios FHIR server.
 # Everything runs on loopback. The Markdown report goes to stdout and bench/out/.
@@ -40,7 +40,7 @@ OUT_DIR=${BENCH_OUT_DIR:-$BENCH_DIR/out}
 READY_TIMEOUT=${BENCH_READY_TIMEOUT:-60}
 SEED_TIMEOUT=${BENCH_SEED_TIMEOUT:-900}
 CONCURRENCY="1 16"
-SCENARIOS="read search create transaction" # run order: reads before writes grow the table
+SCENARIOS="read search create transaction update" # run order: reads before writes grow the table, updates last (they move Tasks)
 TOKEN="" # Passerelle's runs: a gateway token of the bench's system client (Helios takes none)
 
 case "$SECS" in '' | *[!0-9]*) echo "BENCH_SECONDS must be a whole number of seconds" >&2; exit 2 ;; esac

@@ -433,6 +433,7 @@ SCENARIOS = [
     ("read", "read `GET /Task/{id}`"),
     ("search", "search `Task?owner=…&status=requested&_count=20`"),
     ("transaction", "transaction (Patient ifNoneExist + SR + 3 Tasks + QR)"),
+    ("update", "update `PUT /Task/{id}` (new `lastModified`)"),
 ]
 
 
@@ -529,9 +530,9 @@ def report(results_path, meta_path):
             if f:
                 w(f"| {label} | {c} | {rate(f.get('rps'))} | {ms(f.get('p50_us'))} | {ms(f.get('p99_us'))} |")
     w("")
-    w("Ratios: read and search are divided by the HTTP floor at the same concurrency; create and transaction "
-      "by the engine's commit floor (SQLite: its single-writer rate at both concurrencies, so group commit shows "
-      "as a ratio above 1; PostgreSQL: pgbench at the same concurrency). A transaction is one commit.")
+    w("Ratios: read and search are divided by the HTTP floor at the same concurrency; create, transaction and "
+      "update by the engine's commit floor (SQLite: its single-writer rate at both concurrencies, so group commit "
+      "shows as a ratio above 1; PostgreSQL: pgbench at the same concurrency). A transaction is one commit.")
     w("")
 
     engines = [e for e in str(meta.get("engines", "")).split() if any(k[0] == e for k in runs)]

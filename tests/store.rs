@@ -394,6 +394,108 @@ async fn an_update_replaces_the_index_rows_of_the_version_it_read(engine: common
 
 on_engines!(an_update_replaces_the_index_rows_of_the_version_it_read);
 
+/// Changes kept in one batch follow each other. In one job: Patient/q created, changed, found
+/// by a search inside the job (which writes what the batch holds back), changed again, and a
+/// change from its first version refused. Then twelve jobs at once (on SQLite one batch, each
+/// reading what the one before kept) change it again. It ends at its last version, with every
+/// version in its history and only the last one's index rows.
+async fn changes_in_one_batch_follow_each_other(engine: common::Engine) {
+    let Some((store, _guard)) = open(engine).await else {
+        return;
+    };
+    store
+        .write(|tx| {
+            Box::pin(async move {
+                let v1 = put_q(tx, None, "a").await?;
+                let v2 = put_q(tx, Some(&v1), "b").await?;
+                assert_eq!(tx.conn().count(&by_code("b")).await?, 1);
+                assert_eq!(tx.conn().count(&by_code("a")).await?, 0);
+                put_q(tx, Some(&v2), "c").await?;
+                let stale = put_q(tx, Some(&v1), "x").await;
+                assert!(
+                    matches!(stale, Err(StoreError::Conflict { .. })),
+                    "{stale:?}"
+                );
+                let now = tx.current("Patient", "q").await?.map(|s| s.version);
+                assert_eq!(now, Some(3));
+                Ok::<(), StoreError>(())
+            })
+        })
+        .await
+        .expect("the first job");
+    let jobs = (0..12).map(|_| {
+        store.write(|tx| {
+            Box::pin(async move {
+                let Some(cur) = tx.current("Patient", "q").await? else {
+                    return Err(StoreError::JobPanicked);
+                };
+                let code = format!("v{}", cur.version + 1);
+                put_q(tx, Some(&cur), &code).await.map(|s| s.version)
+            })
+        })
+    });
+    let mut versions: Vec<i64> = futures::future::join_all(jobs)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("every change");
+    versions.sort();
+    assert_eq!(versions, (4..=15).collect::<Vec<_>>());
+    let (history, counts) = store
+        .read(|c| {
+            Box::pin(async move {
+                let (h, total) = c.history(Some("Patient"), Some("q"), None, 100, 0).await?;
+                let mut counts = Vec::new();
+                for code in ["a", "b", "c", "x", "v14", "v15"] {
+                    counts.push(c.count(&by_code(code)).await?);
+                }
+                Ok::<_, StoreError>((h.len() as i64 + 100 * total, counts))
+            })
+        })
+        .await
+        .expect("read back");
+    assert_eq!(history, 15 + 100 * 15);
+    assert_eq!(counts, [0, 0, 0, 0, 0, 1]);
+    let now = store.current("Patient", "q").await.expect("read");
+    assert_eq!(now.map(|s| s.version), Some(15));
+}
+
+on_engines!(changes_in_one_batch_follow_each_other);
+
+/// Keeps version `previous + 1` of Patient/q (1 without one) with one identifier row `code`.
+async fn put_q(
+    tx: &mut Tx<'_>,
+    previous: Option<&Stored>,
+    code: &str,
+) -> Result<Stored, StoreError> {
+    let index = [IndexRow::Token {
+        param: "Patient.identifier".into(),
+        system: "urn:test".into(),
+        code: code.into(),
+    }];
+    tx.put(NewVersion {
+        rtype: "Patient",
+        id: "q",
+        previous,
+        version: previous.map_or(1, |p| p.version + 1),
+        method: if previous.is_some() { "PUT" } else { "POST" },
+        body: Some(r#"{"resourceType":"Patient","id":"q"}"#),
+        index: &index,
+    })
+    .await
+}
+
+/// Patients with the identifier row `code`.
+fn by_code(code: &str) -> Query {
+    let mut q = Query::new("Patient");
+    q.filters.push(Filter::Has {
+        table: Table::Token,
+        param: "Patient.identifier".into(),
+        checks: vec![Check::text("code", Cmp::Eq, code)],
+    });
+    q
+}
+
 /// Keeps a new Patient `id` with one identifier row, without looking the id up first.
 async fn keep_patient(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
     let body = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);

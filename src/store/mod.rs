@@ -686,11 +686,12 @@ async fn sqlite_writer(
     }
 }
 
-/// Runs one job inside the batch's transaction. New resources it keeps stay in `rows.job`
-/// until the end of the batch; anything it writes to the database directly (an update, or
-/// its own rows flushed before a read) goes into `SAVEPOINT job`, so that a failing job rolls
-/// back alone; unless it is `rows.alone` in the batch (the caller then ends the transaction
-/// with ROLLBACK when it fails). A failing job's buffered rows are simply dropped.
+/// Runs one job inside the batch's transaction. The versions it keeps (new resources and
+/// changes) stay in `rows.job` until the end of the batch; anything it writes to the database
+/// directly (a counter, or its own rows flushed before a read) goes into `SAVEPOINT job`, so
+/// that a failing job rolls back alone; unless it is `rows.alone` in the batch (the caller
+/// then ends the transaction with ROLLBACK when it fails). A failing job's buffered rows are
+/// simply dropped.
 async fn run_job(
     conn: &mut SqliteConnection,
     run: JobFn,
@@ -737,12 +738,14 @@ async fn run_job(
     outcome
 }
 
-/// New resources kept by jobs of a SQLite batch and not yet written: their `resources`,
-/// `versions` and index rows.
+/// Versions kept by jobs of a SQLite batch and not yet written (new resources and changes of
+/// stored ones): their `resources`, `versions` and index rows, and the jobs' audit events.
 #[derive(Default)]
 struct Rows {
     resources: Vec<NewResource>,
-    index: Vec<(i64, IndexRow)>,
+    /// Each row with the `rid` and version it indexes: a resource changed twice in a batch
+    /// writes only its last version's rows.
+    index: Vec<(i64, i64, IndexRow)>,
     audit: Vec<AuditRow>,
 }
 
@@ -751,6 +754,8 @@ struct NewResource {
     rtype: String,
     id: String,
     version: i64,
+    /// The version this one replaces; `None` for a new resource.
+    previous: Option<i64>,
     last_updated: Micros,
     method: String,
     body: Option<String>,
@@ -781,18 +786,23 @@ impl Rows {
         self.find(rtype, id).is_some()
     }
 
+    /// The latest pending version of a resource.
     fn find(&self, rtype: &str, id: &str) -> Option<&NewResource> {
         self.resources
             .iter()
+            .rev()
             .find(|r| r.rtype == rtype && r.id == id)
     }
 
-    /// Adds the rows to `script` as multi-row INSERTs.
+    /// Adds the rows to `script`: multi-row INSERTs, and for changed resources one UPDATE of
+    /// `resources` and one DELETE of old index rows per index table, whatever their number.
     fn script(&self, script: &mut Script) -> Result<(), StoreError> {
+        let (new, changed): (Vec<&NewResource>, Vec<&NewResource>) =
+            self.resources.iter().partition(|r| r.previous.is_none());
         script.insert(
             "resources (rid, rtype, id, version, last_updated, deleted)",
             6,
-            &self.resources,
+            &new,
             |a, r| {
                 a.add(r.rid)?;
                 a.add(r.rtype.as_str())?;
@@ -802,6 +812,40 @@ impl Rows {
                 a.add(r.body.is_none())
             },
         )?;
+        if !changed.is_empty() {
+            // One row per resource: the version it replaced first, the one it ends at. A
+            // version that is not the one read means a job wrote from a stale read (the single
+            // writer and `Batch::pending` rule that out): `version` would become NULL, which
+            // fails the script and so the batch, rather than lose a version.
+            let mut moves: Vec<[i64; 5]> = Vec::new();
+            for r in &changed {
+                let (previous, gone) = (r.previous.unwrap_or(0), i64::from(r.body.is_none()));
+                match moves.iter_mut().find(|m| m[0] == r.rid) {
+                    Some(m) => {
+                        m[2] = r.version;
+                        m[3] = r.last_updated;
+                        m[4] = gone;
+                    }
+                    None => moves.push([r.rid, previous, r.version, r.last_updated, gone]),
+                }
+            }
+            let rids: Vec<i64> = moves.iter().map(|m| m[0]).collect();
+            script.with_json(
+                "UPDATE OR FAIL resources SET version = CASE resources.version \
+                 WHEN u.previous THEN u.version END, last_updated = u.at, deleted = u.gone \
+                 FROM (SELECT value ->> 0 AS rid, value ->> 1 AS previous, value ->> 2 AS version, \
+                 value ->> 3 AS at, value ->> 4 AS gone FROM json_each(?)) AS u \
+                 WHERE resources.rid = u.rid",
+                &moves,
+            )?;
+            for table in &INDEX_TABLES {
+                let sql = format!(
+                    "DELETE FROM {} WHERE rid IN (SELECT value FROM json_each(?))",
+                    table.name
+                );
+                script.with_json(&sql, &rids)?;
+            }
+        }
         script.insert(
             "versions (rid, version, last_updated, method, body)",
             5,
@@ -814,9 +858,17 @@ impl Rows {
                 a.add(r.body.as_deref())
             },
         )?;
+        // each resource's last version (later entries win)
+        let last: std::collections::HashMap<i64, i64> = if changed.is_empty() {
+            Default::default()
+        } else {
+            self.resources.iter().map(|r| (r.rid, r.version)).collect()
+        };
         let mut by_table: [Vec<(i64, &IndexRow)>; 6] = Default::default();
-        for (rid, row) in &self.index {
-            by_table[index_slot(row)].push((*rid, row));
+        for (rid, version, row) in &self.index {
+            if last.is_empty() || last.get(rid) == Some(version) {
+                by_table[index_slot(row)].push((*rid, row));
+            }
         }
         for (table, rows) in INDEX_TABLES.iter().zip(&by_table) {
             if rows.is_empty() {
@@ -883,6 +935,18 @@ impl Script {
         let (text, _) = self.next();
         text.push_str(sql);
         text.push_str(";\n");
+    }
+
+    /// A statement whose one `?` is `value` as JSON text, for `json_each`: one text however
+    /// many values it carries.
+    fn with_json<T: serde::Serialize>(&mut self, sql: &str, value: &T) -> Result<(), StoreError> {
+        let json = serde_json::to_string(value)
+            .map_err(|e| StoreError::Database(sqlx::Error::Encode(Box::new(e))))?;
+        let (text, args) = self.next();
+        text.push_str(sql);
+        text.push_str(";\n");
+        args.add(json)
+            .map_err(|e| StoreError::Database(sqlx::Error::Encode(e)))
     }
 
     /// `sql` before everything else (`BEGIN IMMEDIATE`).
@@ -1202,10 +1266,14 @@ pub struct Batch {
     next_rid: i64,
     /// Writing rows failed part way: the batch must not commit.
     broken: bool,
+    /// The version of each resource (`rid`) the batch's jobs read from the database: what a
+    /// change's `previous` is checked against without asking the database again.
+    read: std::collections::HashMap<i64, i64>,
 }
 
 impl Batch {
-    /// A new resource the batch holds back, as `current` would read it once written.
+    /// The latest version of a resource the batch holds back, as `current` would read it
+    /// once written.
     fn pending(&self, rtype: &str, id: &str) -> Option<Stored> {
         let r = self
             .job
@@ -1436,24 +1504,30 @@ impl Conn<'_> {
         lock: bool,
     ) -> Result<Option<Stored>, StoreError> {
         if let Conn::Sqlite(_, Some(b)) = self {
-            // The batch's pending rows are new resources only: one of them, or else the
-            // database already has the answer (no need to write them first).
+            // The latest version the batch holds back, or else the database already has the
+            // answer (no need to write the pending rows first).
             if let Some(s) = b.pending(rtype, id) {
                 return Ok(Some(s));
             }
         }
-        let lock_sql = if lock && matches!(self, Conn::Pg(_)) {
-            " FOR UPDATE OF r"
-        } else {
-            ""
-        };
+        if let (true, Conn::Pg(c)) = (lock, &mut *self) {
+            // The lock first, in a statement of its own. Locked in the read (`FOR UPDATE OF
+            // r`), a row another transaction was changing came back, once that one committed,
+            // joined to the version it had replaced, which no longer matched: no row, as if
+            // the resource did not exist. The next statement's snapshot holds the new version.
+            sqlx::query("SELECT 1 FROM resources WHERE rtype = $1 AND id = $2 FOR UPDATE")
+                .bind(rtype)
+                .bind(id)
+                .execute(&mut **c)
+                .await?;
+        }
         // the values cast: planned once, not at every execution (`query::Sql::bind_fixed`)
         let sql = format!(
             "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v \
              ON v.rid = r.rid AND v.version = r.version \
-             WHERE r.rtype = CAST($1 AS TEXT) AND r.id = CAST($2 AS TEXT){lock_sql}"
+             WHERE r.rtype = CAST($1 AS TEXT) AND r.id = CAST($2 AS TEXT)"
         );
-        Ok(on_conn!(self, |c| {
+        let found = on_conn!(self, |c| {
             match sqlx::query(AssertSqlSafe(sql.as_str()))
                 .bind(rtype)
                 .bind(id)
@@ -1463,7 +1537,11 @@ impl Conn<'_> {
                 Some(row) => Some(stored_from(&row)?),
                 None => None,
             }
-        }))
+        });
+        if let (Conn::Sqlite(_, Some(b)), Some(s)) = (self, &found) {
+            b.read.insert(s.rid, s.version);
+        }
+        Ok(found)
     }
 
     pub async fn version(
@@ -1740,34 +1818,58 @@ impl<'c> Tx<'c> {
         let deleted = v.body.is_none();
         let now = self.now;
         if let Conn::Sqlite(c, Some(b)) = &mut self.conn {
-            if v.previous.is_none() {
-                // A new resource: its rows wait for the end of the batch (or the next read).
-                // The single writer serialises everything, and whoever decided it was absent
-                // read the database after the earlier jobs' rows were written; only the batch's
-                // own pending rows can still hold the same name.
-                if b.done.has(v.rtype, v.id) || b.job.has(v.rtype, v.id) {
+            // The version waits for the end of the batch (or the next read that needs the
+            // database to show it). The single writer serialises everything: whoever decided
+            // the name was free, or read `previous`, read the database after the earlier
+            // jobs' rows were written, or else their pending rows (`Conn::current`).
+            let rid = match v.previous {
+                None if b.done.has(v.rtype, v.id) || b.job.has(v.rtype, v.id) => {
                     return Err(conflict());
                 }
-                let rid = b.next_rid;
-                b.next_rid += 1;
-                b.job.resources.push(NewResource {
-                    rid,
-                    rtype: v.rtype.to_owned(),
-                    id: v.id.to_owned(),
-                    version: v.version,
-                    last_updated: now,
-                    method: v.method.to_owned(),
-                    body: v.body.map(str::to_owned),
-                });
-                b.job
-                    .index
-                    .extend(v.index.iter().map(|row| (rid, row.clone())));
-                return Ok(self.kept(rid, &v, now));
-            }
-            // A change of a stored resource is written now, after what the batch holds back,
-            // inside the job's savepoint.
-            b.flush(c, None).await?;
-            b.direct(c).await?;
+                None => {
+                    let rid = b.next_rid;
+                    b.next_rid += 1;
+                    rid
+                }
+                Some(prev) => {
+                    // `previous` must still be the current version: as pending, as read in
+                    // this batch, or else as the database has it.
+                    let pending = b
+                        .job
+                        .find(v.rtype, v.id)
+                        .or_else(|| b.done.find(v.rtype, v.id));
+                    let at = match pending
+                        .map(|r| r.version)
+                        .or(b.read.get(&prev.rid).copied())
+                    {
+                        Some(at) => Some(at),
+                        None => {
+                            sqlx::query_scalar("SELECT version FROM resources WHERE rid = $1")
+                                .bind(prev.rid)
+                                .fetch_optional(&mut **c)
+                                .await?
+                        }
+                    };
+                    if at != Some(prev.version) {
+                        return Err(conflict());
+                    }
+                    prev.rid
+                }
+            };
+            b.job.resources.push(NewResource {
+                rid,
+                rtype: v.rtype.to_owned(),
+                id: v.id.to_owned(),
+                version: v.version,
+                previous: v.previous.map(|p| p.version),
+                last_updated: now,
+                method: v.method.to_owned(),
+                body: v.body.map(str::to_owned),
+            });
+            b.job
+                .index
+                .extend(v.index.iter().map(|row| (rid, v.version, row.clone())));
+            return Ok(self.kept(rid, &v, now));
         }
         // a version that takes a stored (name, version): someone else wrote it first
         let unique_is_conflict = |e: sqlx::Error| match &e {
