@@ -1510,23 +1510,32 @@ impl Conn<'_> {
                 return Ok(Some(s));
             }
         }
-        if let (true, Conn::Pg(c)) = (lock, &mut *self) {
-            // The lock first, in a statement of its own. Locked in the read (`FOR UPDATE OF
-            // r`), a row another transaction was changing came back, once that one committed,
-            // joined to the version it had replaced, which no longer matched: no row, as if
-            // the resource did not exist. The next statement's snapshot holds the new version.
-            sqlx::query("SELECT 1 FROM resources WHERE rtype = $1 AND id = $2 FOR UPDATE")
-                .bind(rtype)
-                .bind(id)
-                .execute(&mut **c)
-                .await?;
-        }
         // the values cast: planned once, not at every execution (`query::Sql::bind_fixed`)
         let sql = format!(
             "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v \
              ON v.rid = r.rid AND v.version = r.version \
              WHERE r.rtype = CAST($1 AS TEXT) AND r.id = CAST($2 AS TEXT)"
         );
+        if let (true, Conn::Pg(c)) = (lock, &mut *self) {
+            let locked = format!("{sql} FOR UPDATE OF r");
+            if let Some(row) = sqlx::query(AssertSqlSafe(locked))
+                .bind(rtype)
+                .bind(id)
+                .fetch_optional(&mut **c)
+                .await?
+            {
+                return Ok(Some(stored_from(&row)?));
+            }
+            // No row: the resource is absent, or another transaction was changing it and we
+            // waited for its lock: its row then comes back joined to the version it replaced,
+            // which no longer matches. The lock again, alone, then a read whose snapshot holds
+            // what that transaction committed.
+            sqlx::query("SELECT 1 FROM resources WHERE rtype = $1 AND id = $2 FOR UPDATE")
+                .bind(rtype)
+                .bind(id)
+                .execute(&mut **c)
+                .await?;
+        }
         let found = on_conn!(self, |c| {
             match sqlx::query(AssertSqlSafe(sql.as_str()))
                 .bind(rtype)
