@@ -396,22 +396,32 @@ on_engines!(an_update_replaces_the_index_rows_of_the_version_it_read);
 
 /// Changes kept in one batch follow each other. In one job: Patient/q created, changed, found
 /// by a search inside the job (which writes what the batch holds back), changed again, and a
-/// change from its first version refused. Then twelve jobs at once (on SQLite one batch, each
-/// reading what the one before kept) change it again. It ends at its last version, with every
-/// version in its history and only the last one's index rows.
+/// change from its first version refused; Patient/r, stored before, read, changed, and
+/// changed again after the search from the version the job kept. Then twelve jobs at once (on
+/// SQLite one batch, each reading what the one before kept) change q again. It ends at its
+/// last version, with every version in its history and only the last one's index rows.
 async fn changes_in_one_batch_follow_each_other(engine: common::Engine) {
     let Some((store, _guard)) = open(engine).await else {
         return;
     };
     store
+        .write(|tx| Box::pin(async move { keep_patient(tx, "r").await }))
+        .await
+        .expect("Patient/r");
+    store
         .write(|tx| {
             Box::pin(async move {
-                let v1 = put_q(tx, None, "a").await?;
-                let v2 = put_q(tx, Some(&v1), "b").await?;
+                let Some(r1) = tx.current("Patient", "r").await? else {
+                    return Err(StoreError::JobPanicked);
+                };
+                let r2 = put_version(tx, "r", Some(&r1), "r-2").await?;
+                let v1 = put_version(tx, "q", None, "a").await?;
+                let v2 = put_version(tx, "q", Some(&v1), "b").await?;
                 assert_eq!(tx.conn().count(&by_code("b")).await?, 1);
                 assert_eq!(tx.conn().count(&by_code("a")).await?, 0);
-                put_q(tx, Some(&v2), "c").await?;
-                let stale = put_q(tx, Some(&v1), "x").await;
+                put_version(tx, "q", Some(&v2), "c").await?;
+                put_version(tx, "r", Some(&r2), "r-3").await?;
+                let stale = put_version(tx, "q", Some(&v1), "x").await;
                 assert!(
                     matches!(stale, Err(StoreError::Conflict { .. })),
                     "{stale:?}"
@@ -430,7 +440,9 @@ async fn changes_in_one_batch_follow_each_other(engine: common::Engine) {
                     return Err(StoreError::JobPanicked);
                 };
                 let code = format!("v{}", cur.version + 1);
-                put_q(tx, Some(&cur), &code).await.map(|s| s.version)
+                put_version(tx, "q", Some(&cur), &code)
+                    .await
+                    .map(|s| s.version)
             })
         })
     });
@@ -446,7 +458,7 @@ async fn changes_in_one_batch_follow_each_other(engine: common::Engine) {
             Box::pin(async move {
                 let (h, total) = c.history(Some("Patient"), Some("q"), None, 100, 0).await?;
                 let mut counts = Vec::new();
-                for code in ["a", "b", "c", "x", "v14", "v15"] {
+                for code in ["a", "b", "c", "x", "v14", "v15", "r", "r-2", "r-3"] {
                     counts.push(c.count(&by_code(code)).await?);
                 }
                 Ok::<_, StoreError>((h.len() as i64 + 100 * total, counts))
@@ -455,16 +467,17 @@ async fn changes_in_one_batch_follow_each_other(engine: common::Engine) {
         .await
         .expect("read back");
     assert_eq!(history, 15 + 100 * 15);
-    assert_eq!(counts, [0, 0, 0, 0, 0, 1]);
+    assert_eq!(counts, [0, 0, 0, 0, 0, 1, 0, 0, 1]);
     let now = store.current("Patient", "q").await.expect("read");
     assert_eq!(now.map(|s| s.version), Some(15));
 }
 
 on_engines!(changes_in_one_batch_follow_each_other);
 
-/// Keeps version `previous + 1` of Patient/q (1 without one) with one identifier row `code`.
-async fn put_q(
+/// Keeps version `previous + 1` of Patient `id` (1 without one) with one identifier row `code`.
+async fn put_version(
     tx: &mut Tx<'_>,
+    id: &str,
     previous: Option<&Stored>,
     code: &str,
 ) -> Result<Stored, StoreError> {
@@ -475,7 +488,7 @@ async fn put_q(
     }];
     tx.put(NewVersion {
         rtype: "Patient",
-        id: "q",
+        id,
         previous,
         version: previous.map_or(1, |p| p.version + 1),
         method: if previous.is_some() { "PUT" } else { "POST" },

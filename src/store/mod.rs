@@ -728,6 +728,8 @@ async fn run_job(
     } else {
         rows.job.clear();
         if rows.savepoint {
+            // what the job read after writing to the database may be undone now
+            rows.read.clear();
             sqlx::raw_sql("ROLLBACK TO job").execute(&mut *conn).await?;
         }
     }
@@ -1267,7 +1269,8 @@ pub struct Batch {
     /// Writing rows failed part way: the batch must not commit.
     broken: bool,
     /// The version of each resource (`rid`) the batch's jobs read from the database: what a
-    /// change's `previous` is checked against without asking the database again.
+    /// change's `previous` is checked against without asking the database again. Emptied
+    /// whenever the database changes under it (held-back rows written, a job rolled back).
     read: std::collections::HashMap<i64, i64>,
 }
 
@@ -1323,6 +1326,8 @@ impl Batch {
         .await;
         match result {
             Ok(()) => {
+                // the versions read before are not the current ones for what was written
+                self.read.clear();
                 self.done.clear();
                 self.job.clear();
                 self.savepoint |= opens;
