@@ -171,7 +171,7 @@ wrk_run() {
   fi
 }
 
-# scenarios ENGINE BASE_URL PREFIX: the four scenarios, each warmed up and checked, then c=1, c=16
+# scenarios ENGINE BASE_URL PREFIX: the five scenarios, each warmed up and checked, then c=1, c=16
 scenarios() {
   local engine=$1 url=$2 prefix=$3 scen c
   for scen in $SCENARIOS; do
