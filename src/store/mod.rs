@@ -819,6 +819,7 @@ impl Rows {
             // version that is not the one read means a job wrote from a stale read (the single
             // writer and `Batch::pending` rule that out): `version` would become NULL, which
             // fails the script and so the batch, rather than lose a version.
+            // each `[rid, previous, version, last_updated, deleted]`, as the UPDATE reads it
             let mut moves: Vec<[i64; 5]> = Vec::new();
             for r in &changed {
                 let (previous, gone) = (r.previous.unwrap_or(0), i64::from(r.body.is_none()));
