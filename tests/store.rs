@@ -178,13 +178,7 @@ async fn rows_that_cannot_be_written_leave_nothing(engine: common::Engine) {
             Box::pin(async move {
                 let b = c.current("Patient", "b", false).await?;
                 let kept = c.count(&Query::new("Patient")).await?;
-                let mut q = Query::new("Patient");
-                q.filters.push(Filter::Has {
-                    table: Table::Token,
-                    param: "Patient.identifier".into(),
-                    checks: vec![Check::text("code", Cmp::Eq, "b")],
-                });
-                let matched = c.count(&q).await?;
+                let matched = c.count(&by_code("b")).await?;
                 Ok((b, kept, matched))
             })
         })
@@ -342,22 +336,9 @@ async fn an_update_replaces_the_index_rows_of_the_version_it_read(engine: common
             store
                 .write(move |tx| {
                     Box::pin(async move {
-                        let index = [IndexRow::Token {
-                            param: "Patient.identifier".into(),
-                            system: "urn:test".into(),
-                            code: code.into(),
-                        }];
-                        tx.put(NewVersion {
-                            rtype: "Patient",
-                            id: "p",
-                            previous: Some(&previous),
-                            version: previous.version + 1,
-                            method: "PUT",
-                            body: Some(r#"{"resourceType":"Patient","id":"p"}"#),
-                            index: &index,
-                        })
-                        .await
-                        .map(|_| ())
+                        put_version(tx, "p", Some(&previous), code)
+                            .await
+                            .map(|_| ())
                     })
                 })
                 .await
@@ -372,12 +353,7 @@ async fn an_update_replaces_the_index_rows_of_the_version_it_read(engine: common
     let count = |code: &'static str| {
         let store = store.clone();
         async move {
-            let mut q = Query::new("Patient");
-            q.filters.push(Filter::Has {
-                table: Table::Token,
-                param: "Patient.identifier".into(),
-                checks: vec![Check::text("code", Cmp::Eq, code)],
-            });
+            let q = by_code(code);
             store
                 .read(|c| Box::pin(async move { c.count(&q).await }))
                 .await
@@ -474,7 +450,8 @@ async fn changes_in_one_batch_follow_each_other(engine: common::Engine) {
 
 on_engines!(changes_in_one_batch_follow_each_other);
 
-/// Keeps version `previous + 1` of Patient `id` (1 without one) with one identifier row `code`.
+/// Keeps version `previous + 1` of Patient `id` (1 without one) with one identifier row `code`,
+/// without looking the id up first.
 async fn put_version(
     tx: &mut Tx<'_>,
     id: &str,
@@ -492,7 +469,7 @@ async fn put_version(
         previous,
         version: previous.map_or(1, |p| p.version + 1),
         method: if previous.is_some() { "PUT" } else { "POST" },
-        body: Some(r#"{"resourceType":"Patient","id":"q"}"#),
+        body: Some(&format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#)),
         index: &index,
     })
     .await
@@ -511,23 +488,7 @@ fn by_code(code: &str) -> Query {
 
 /// Keeps a new Patient `id` with one identifier row, without looking the id up first.
 async fn keep_patient(tx: &mut Tx<'_>, id: &str) -> Result<(), StoreError> {
-    let body = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);
-    let index = [IndexRow::Token {
-        param: "Patient.identifier".into(),
-        system: "urn:test".into(),
-        code: id.into(),
-    }];
-    tx.put(NewVersion {
-        rtype: "Patient",
-        id,
-        previous: None,
-        version: 1,
-        method: "POST",
-        body: Some(&body),
-        index: &index,
-    })
-    .await?;
-    Ok(())
+    put_version(tx, id, None, id).await.map(|_| ())
 }
 
 on_engines!(rows_that_cannot_be_written_leave_nothing);

@@ -27,6 +27,29 @@ function bench.headers(h)
   return h
 end
 
+-- The headers of a request that sends a FHIR JSON body (create, transaction, update).
+function bench.body_headers()
+  return bench.headers({
+    ["Content-Type"] = "application/fhir+json",
+    ["Accept"] = "application/fhir+json",
+  })
+end
+
+-- The seeded Task ids (BENCH_IDS_FILE, one a line).
+function bench.seeded_ids()
+  local path = os.getenv("BENCH_IDS_FILE")
+  local ids = bench.read_lines(path)
+  assert(#ids > 0, "no ids in " .. tostring(path))
+  return ids
+end
+
+-- `text` before and after the one literal `marker` it must contain.
+function bench.split(text, marker)
+  local s, e = string.find(text, marker, 1, true)
+  assert(s, "no " .. marker .. " in the file")
+  return string.sub(text, 1, s - 1), string.sub(text, e + 1)
+end
+
 function bench.read_file(path)
   local f = assert(io.open(path, "rb"), "cannot open " .. tostring(path))
   local s = f:read("*a")

@@ -4,15 +4,9 @@
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 local task = bench.read_file(os.getenv("BENCH_TASK_FILE"))
-local marker = "SMR-2026-004217-03"
-local s, e = string.find(task, marker, 1, true)
-assert(s, "the Task file has no identifier " .. marker)
-local head, tail = string.sub(task, 1, s - 1), string.sub(task, e + 1)
+local head, tail = bench.split(task, "SMR-2026-004217-03")
 local path = bench.prefix .. "/Task"
-local headers = bench.headers({
-  ["Content-Type"] = "application/fhir+json",
-  ["Accept"] = "application/fhir+json",
-})
+local headers = bench.body_headers()
 
 function init(args)
   bench.init_thread()

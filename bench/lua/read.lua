@@ -2,8 +2,7 @@
 -- Tasks (BENCH_IDS_FILE, one id a line), so reads are spread over the whole table.
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
-local ids = bench.read_lines(os.getenv("BENCH_IDS_FILE"))
-assert(#ids > 0, "no ids in " .. tostring(os.getenv("BENCH_IDS_FILE")))
+local ids = bench.seeded_ids()
 local paths = {}
 for i, id in ipairs(ids) do paths[i] = bench.prefix .. "/Task/" .. id end
 local headers = bench.headers({ ["Accept"] = "application/fhir+json" })

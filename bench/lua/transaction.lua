@@ -9,10 +9,7 @@ dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 local template = bench.compile(bench.read_file(os.getenv("BENCH_TRANSACTION_FILE")))
 local owners = tonumber(os.getenv("BENCH_OWNERS") or "50")
 local path = bench.prefix == "" and "/" or bench.prefix
-local headers = bench.headers({
-  ["Content-Type"] = "application/fhir+json",
-  ["Accept"] = "application/fhir+json",
-})
+local headers = bench.body_headers()
 
 -- NIR: sex(1) year(2) month(2) department(2) commune(3) order(3), then key = 97 - (n mod 97).
 -- k, unique per request, is spread over year/month/commune/order.

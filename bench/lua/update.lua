@@ -10,18 +10,11 @@ dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 local task = bench.read_file(os.getenv("BENCH_TASK_FILE"))
 local opening = '{"resourceType":"Task",'
 assert(string.sub(task, 1, #opening) == opening, "the Task file must start with " .. opening)
-local marker = '"lastModified":"2026-11-20T09:12:00+01:00"'
-local s, e = string.find(task, marker, 1, true)
-assert(s, "the Task file has no " .. marker)
-local middle = string.sub(task, #opening + 1, s - 1)
-local tail = string.sub(task, e + 1)
+local middle, tail = bench.split(string.sub(task, #opening + 1),
+  '"lastModified":"2026-11-20T09:12:00+01:00"')
 
-local ids = bench.read_lines(os.getenv("BENCH_IDS_FILE"))
-assert(#ids > 0, "no ids in " .. tostring(os.getenv("BENCH_IDS_FILE")))
-local headers = bench.headers({
-  ["Content-Type"] = "application/fhir+json",
-  ["Accept"] = "application/fhir+json",
-})
+local ids = bench.seeded_ids()
+local headers = bench.body_headers()
 
 function init(args)
   bench.init_thread()
