@@ -1108,7 +1108,8 @@ enum PgArg {
     Reals(Vec<f64>),
 }
 
-/// A version (not a deletion) on PostgreSQL as one statement: the `resources` row inserted
+/// A version (a deletion too: no body, no index rows) on PostgreSQL as one statement: the
+/// `resources` row inserted
 /// (a new resource) or moved on (an update, only from the version it replaces), the version,
 /// the old index rows deleted and the new ones inserted, each table's from its columns bound
 /// as arrays (`UNNEST`), so that the text depends only on which tables get rows and stays
@@ -1117,8 +1118,10 @@ enum PgArg {
 /// PostgreSQL"). The sub-statements see the same snapshot, so the deletions take the old rows
 /// only. It returns no row, and writes nothing, when the name is taken or the version is no
 /// longer current.
-fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> (String, Vec<PgArg>) {
+fn version_pg(v: &NewVersion<'_>, now: Micros) -> (String, Vec<PgArg>) {
     use std::fmt::Write as _;
+    // written into the text, not bound: a deletion's statement is one more text, kept prepared
+    let deleted = if v.body.is_none() { "TRUE" } else { "FALSE" };
     let mut text = String::new();
     let mut args: Vec<PgArg> = Vec::new();
     /// The next placeholder, its value kept.
@@ -1131,7 +1134,7 @@ fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> (String, Vec<PgArg
             let _ = write!(
                 text,
                 "WITH r AS (INSERT INTO resources (rtype, id, version, last_updated, deleted) \
-                 VALUES ({}, {}, {}, {}, FALSE) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid)",
+                 VALUES ({}, {}, {}, {}, {deleted}) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid)",
                 bind(&mut args, PgArg::One(Arg::Text(v.rtype.to_owned()))),
                 bind(&mut args, PgArg::One(Arg::Text(v.id.to_owned()))),
                 bind(&mut args, PgArg::One(Arg::Int(v.version))),
@@ -1141,7 +1144,7 @@ fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> (String, Vec<PgArg
         Some(prev) => {
             let _ = write!(
                 text,
-                "WITH r AS (UPDATE resources SET version = {}, last_updated = {}, deleted = FALSE \
+                "WITH r AS (UPDATE resources SET version = {}, last_updated = {}, deleted = {deleted} \
                  WHERE rid = {} AND version = {} RETURNING rid)",
                 bind(&mut args, PgArg::One(Arg::Int(v.version))),
                 bind(&mut args, PgArg::One(Arg::Int(now))),
@@ -1164,7 +1167,10 @@ fn version_pg(v: &NewVersion<'_>, body: &str, now: Micros) -> (String, Vec<PgArg
         bind(&mut args, PgArg::One(Arg::Int(v.version))),
         bind(&mut args, PgArg::One(Arg::Int(now))),
         bind(&mut args, PgArg::One(Arg::Text(v.method.to_owned()))),
-        bind(&mut args, PgArg::One(Arg::Text(body.to_owned()))),
+        match v.body {
+            Some(body) => bind(&mut args, PgArg::One(Arg::Text(body.to_owned()))),
+            None => "NULL".to_owned(),
+        },
     );
     let mut by_table: [Vec<&IndexRow>; 6] = Default::default();
     for row in v.index {
@@ -1830,7 +1836,6 @@ impl<'c> Tx<'c> {
             rtype: v.rtype.to_owned(),
             id: v.id.to_owned(),
         };
-        let deleted = v.body.is_none();
         let now = self.now;
         if let Conn::Sqlite(c, Some(b)) = &mut self.conn {
             // The version waits for the end of the batch (or the next read that needs the
@@ -1886,83 +1891,31 @@ impl<'c> Tx<'c> {
                 .extend(v.index.iter().map(|row| (rid, v.version, row.clone())));
             return Ok(self.kept(rid, &v, now));
         }
-        // a version that takes a stored (name, version): someone else wrote it first
-        let unique_is_conflict = |e: sqlx::Error| match &e {
+        let Conn::Pg(c) = &mut self.conn else {
+            // a SQLite job's `Tx` always has the writer's batch
+            return Err(StoreError::Database(sqlx::Error::Protocol(
+                "a SQLite write outside the writer's batch".into(),
+            )));
+        };
+        let (text, args) = version_pg(&v, now);
+        let mut q = sqlx::query_scalar(AssertSqlSafe(text));
+        for a in args {
+            q = match a {
+                PgArg::One(Arg::Text(t)) => q.bind(t),
+                PgArg::One(Arg::Int(n)) => q.bind(n),
+                PgArg::One(Arg::Real(x)) => q.bind(x),
+                PgArg::Texts(c) => q.bind(c),
+                PgArg::Ints(c) => q.bind(c),
+                PgArg::Reals(c) => q.bind(c),
+            };
+        }
+        // no row back, or a version that takes a stored (name, version): someone else wrote
+        // it first
+        let rid: Option<i64> = q.fetch_optional(&mut **c).await.map_err(|e| match &e {
             sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
             _ => StoreError::from(e),
-        };
-        if let (Conn::Pg(c), Some(body)) = (&mut self.conn, v.body) {
-            let (text, args) = version_pg(&v, body, now);
-            let mut q = sqlx::query_scalar(AssertSqlSafe(text));
-            for a in args {
-                q = match a {
-                    PgArg::One(Arg::Text(t)) => q.bind(t),
-                    PgArg::One(Arg::Int(n)) => q.bind(n),
-                    PgArg::One(Arg::Real(x)) => q.bind(x),
-                    PgArg::Texts(c) => q.bind(c),
-                    PgArg::Ints(c) => q.bind(c),
-                    PgArg::Reals(c) => q.bind(c),
-                };
-            }
-            let rid: Option<i64> = q
-                .fetch_optional(&mut **c)
-                .await
-                .map_err(unique_is_conflict)?;
-            let rid = rid.ok_or_else(conflict)?;
-            return Ok(self.kept(rid, &v, now));
-        }
-        let rid = match v.previous {
-            None => {
-                let sql = "INSERT INTO resources (rtype, id, version, last_updated, deleted) \
-                           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (rtype, id) DO NOTHING RETURNING rid";
-                let rid: Option<i64> = on_conn!(&mut self.conn, |c| {
-                    sqlx::query_scalar(sql)
-                        .bind(v.rtype)
-                        .bind(v.id)
-                        .bind(v.version)
-                        .bind(now)
-                        .bind(deleted)
-                        .fetch_optional(&mut **c)
-                        .await?
-                });
-                rid.ok_or_else(conflict)?
-            }
-            Some(prev) => {
-                let sql = "UPDATE resources SET version = $1, last_updated = $2, deleted = $3 \
-                           WHERE rid = $4 AND version = $5";
-                let n = on_conn!(&mut self.conn, |c| {
-                    sqlx::query(sql)
-                        .bind(v.version)
-                        .bind(now)
-                        .bind(deleted)
-                        .bind(prev.rid)
-                        .bind(prev.version)
-                        .execute(&mut **c)
-                        .await?
-                        .rows_affected()
-                });
-                if n != 1 {
-                    return Err(conflict());
-                }
-                prev.rid
-            }
-        };
-        let sql = "INSERT INTO versions (rid, version, last_updated, method, body) VALUES ($1, $2, $3, $4, $5)";
-        on_conn!(&mut self.conn, |c| {
-            sqlx::query(sql)
-                .bind(rid)
-                .bind(v.version)
-                .bind(now)
-                .bind(v.method)
-                .bind(v.body)
-                .execute(&mut **c)
-                .await
-                .map_err(unique_is_conflict)?;
-        });
-        if v.previous.is_some() {
-            self.clear_index(rid).await?;
-        }
-        self.insert_index(rid, v.index).await?;
+        })?;
+        let rid = rid.ok_or_else(conflict)?;
         Ok(self.kept(rid, &v, now))
     }
 
@@ -1981,65 +1934,6 @@ impl<'c> Tx<'c> {
             w.push(stored.clone());
         }
         stored
-    }
-
-    async fn clear_index(&mut self, rid: i64) -> Result<(), StoreError> {
-        for table in &INDEX_TABLES {
-            // planned once (`query::Sql::bind_fixed`)
-            let sql = format!("DELETE FROM {} WHERE rid = CAST($1 AS BIGINT)", table.name);
-            on_conn!(&mut self.conn, |c| {
-                sqlx::query(AssertSqlSafe(sql.as_str()))
-                    .bind(rid)
-                    .execute(&mut **c)
-                    .await?;
-            });
-        }
-        Ok(())
-    }
-
-    async fn insert_index(&mut self, rid: i64, rows: &[IndexRow]) -> Result<(), StoreError> {
-        // One multi-row INSERT per table keeps round trips low on PostgreSQL.
-        let mut by_table: [(query::Sql, usize); 6] = Default::default();
-        for row in rows {
-            let slot = index_slot(row);
-            let (sql, n) = &mut by_table[slot];
-            if *n == 0 {
-                sql.push(&format!(
-                    "INSERT INTO {} VALUES ",
-                    INDEX_TABLES[slot].target()
-                ));
-            } else {
-                sql.push(", ");
-            }
-            *n += 1;
-            sql.push("(");
-            sql.bind(Arg::Int(rid));
-            for a in index_args(row) {
-                sql.push(", ");
-                sql.bind(a);
-            }
-            sql.push(")");
-            // Stay well under the engines' bound-parameter limits.
-            if sql.args.len() > 900 {
-                let full = std::mem::take(&mut by_table[slot]);
-                self.run(&full.0).await?;
-            }
-        }
-        for (sql, n) in by_table {
-            if n > 0 && !sql.args.is_empty() {
-                self.run(&sql).await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn run(&mut self, sql: &query::Sql) -> Result<(), StoreError> {
-        on_conn!(&mut self.conn, |c| {
-            bind_args!(sqlx::query(AssertSqlSafe(sql.text.as_str())), &sql.args)
-                .execute(&mut **c)
-                .await?;
-        });
-        Ok(())
     }
 }
 
